@@ -1,0 +1,1 @@
+"""Torch-free core shared by training and serving: manifest, registry, processing, runtimes."""

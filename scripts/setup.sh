@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install system packages (datasets, prometheus, load generators) and the Python env in .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+APT_PKGS="dataset-fashion-mnist trans-de-en prometheus wrk hey"
+missing=""
+for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
+fi
+if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+.venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+# torch first, exactly pinned, so no resolver ever considers a CUDA build.
+.venv/bin/pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/pip install -q -e ".[serve,train,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import torch, onnxruntime, bentoml, transformers; print('env ok: torch', torch.__version__, 'ort', onnxruntime.__version__)"
