@@ -37,6 +37,7 @@ class Runtime(ABC):
         self.settings = settings or SessionSettings()
         self.provider: str | None = None  # filled by load(): the execution provider actually used
         self.variant: str = self.settings.variant_for(manifest)
+        self.last_timings: dict[str, float] = {}
 
     @abstractmethod
     def load(self) -> None:
@@ -48,7 +49,15 @@ class Runtime(ABC):
 
     @abstractmethod
     def predict(self, items: list[Any], **options: Any) -> list[dict]:
-        """Run a batch of validated items; one result dict per item, in order."""
+        """Run a batch of validated items; one result dict per item, in order.
+
+        Each result holds the task's answer plus ``"features"``: a dict whose keys are
+        the manifest's ``reference_profile.features`` names (token count, unknown-token
+        rate, predicted class, top confidence, ...) with this item's live value, for
+        drift monitoring. The service strips ``features`` before answering. After each
+        call ``self.last_timings`` holds seconds spent in "preprocess", "inference" and
+        "postprocess" for the whole batch.
+        """
 
     def warmup(self) -> None:
         """Run one tiny batch so the first real request pays no lazy-init cost."""
