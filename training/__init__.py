@@ -1,0 +1,1 @@
+"""Training pipeline: data -> baselines -> train -> export ONNX -> gate -> registry (torch lives here)."""

@@ -1,0 +1,191 @@
+"""Command line: ``python -m training train|models|config``.
+
+Exit codes: 0 ok; 1 a model failed its gate (published, not servable, LATEST untouched);
+2 bad config or bad data (nothing published).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from modelkit.registry import default_root, list_versions
+
+from .config import PRESETS, ConfigError, ModelConfig, apply_override, deep_merge, load_config_file, validate_config
+from .family import DataError
+
+EXIT_GATE = 1
+EXIT_INPUT = 2
+
+
+def resolve_configs(
+    models: list[str] | None,
+    preset: str,
+    *,
+    config_file: str | None = None,
+    data: list[str] = (),
+    sets: list[str] = (),
+) -> dict[str, ModelConfig]:
+    """Validated config per selected model: preset, then config file, --data, --set."""
+    from .families import available_models, default_models
+
+    registered = available_models()
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    names = models or default_models()
+    if not names:
+        raise ConfigError("no model families are registered (see training/families/__init__.py)")
+    unknown = [n for n in names if n not in registered]
+    if unknown:
+        raise ConfigError(f"unknown model(s) {', '.join(unknown)}; registered: {', '.join(registered)}")
+    raw: dict[str, dict] = {}
+    for n in names:
+        presets = registered[n].presets()
+        if preset not in presets:
+            raise ConfigError(f"{n}: family has no {preset!r} preset")
+        raw[n] = presets[preset]
+    if config_file:
+        file_cfg = load_config_file(config_file)
+        for n, section in file_cfg.items():
+            if n not in raw:
+                raise ConfigError(f"{config_file}: model {n!r} is not selected (selected: {', '.join(names)})")
+            raw[n] = deep_merge(raw[n], section)
+    for item in data:
+        n, sep, path = item.partition("=")
+        if not sep or n not in raw:
+            raise ConfigError(f"--data {item!r}: expected NAME=PATH with NAME one of {', '.join(names)}")
+        raw[n].setdefault("data", {})["path"] = path
+    for item in sets:
+        apply_override(raw, item, names)
+    return {n: validate_config(n, registered[n].config_class, raw[n]) for n in names}
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .families import available_models
+    from .pipeline import GateFailed, run_model
+
+    configs = resolve_configs(
+        args.models, args.preset, config_file=args.config, data=args.data or [], sets=args.set or []
+    )
+    families = available_models()
+    registry = Path(args.registry) if args.registry else default_root()
+    data_dir = Path(args.data_dir)
+    command = "python -m training " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    failed: list[str] = []
+    summary = []
+    t_all = time.perf_counter()
+    for name, cfg in configs.items():
+        try:
+            result = run_model(
+                name, families[name], cfg, registry=registry, data_dir=data_dir, preset=args.preset, command=command
+            )
+        except GateFailed as exc:
+            print(f"\n[{name}] GATE FAILED: {exc}", file=sys.stderr)
+            failed.append(name)
+            summary.append(exc.result)
+            continue
+        summary.append(result)
+    total = time.perf_counter() - t_all
+    print(f"\n=== {len(summary)} model(s) in {total:.0f} s ===")
+    for r in summary:
+        print(r.summary_line())
+    if failed:
+        print(f"gate failed for: {', '.join(failed)} (published as not servable; LATEST unchanged)", file=sys.stderr)
+        return EXIT_GATE
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def format_table(rows) -> str:
+    """The registry as a fixed-width table (``*`` marks the LATEST version)."""
+    headers = ["name", "version", "task", "metric", "value", "baseline", "gate", "size", "created"]
+    lines = [
+        [
+            r.name,
+            r.version + (" *" if r.latest else ""),
+            r.task,
+            r.metric,
+            "-" if r.value is None else f"{r.value:.4f}",
+            "-" if r.baseline is None else f"{r.baseline:.4f}",
+            r.gate,
+            _size(r.size_bytes),
+            r.created,
+        ]
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*line) for line in lines]
+    return "\n".join(out)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    registry = Path(args.registry) if args.registry else default_root()
+    rows = list_versions(registry)
+    if not rows:
+        print(f"no models registered under {registry}")
+        return 0
+    print(format_table(rows))
+    print("(* = LATEST, the version serving loads)")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    configs = resolve_configs(args.models, args.preset, config_file=args.config, data=args.data or [], sets=args.set or [])
+    print(json.dumps({n: c.model_dump(mode="json") for n, c in configs.items()}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_run_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--preset", default="quick", choices=PRESETS, help="config preset (default quick)")
+        p.add_argument("--models", type=_csv, help="comma-separated model names (default: all in the default run)")
+        p.add_argument("--config", help="JSON/TOML file {model: {section: {field: value}}}")
+        p.add_argument("--data", action="append", metavar="NAME=PATH", help="your own CSV/JSONL (or image folder)")
+        p.add_argument("--set", action="append", metavar="MODEL.SECTION.FIELD=VALUE", help="override a config field")
+
+    train = sub.add_parser("train", help="prepare data, train, export, gate and register models")
+    add_run_options(train)
+    train.add_argument("--registry", help="registry root (default $MODEL_REGISTRY or ./exported)")
+    train.add_argument("--data-dir", default="data", help="where dataset snapshots are written (default ./data)")
+    train.set_defaults(func=cmd_train)
+
+    models = sub.add_parser("models", help="list the registry")
+    models.add_argument("--registry", help="registry root (default $MODEL_REGISTRY or ./exported)")
+    models.set_defaults(func=cmd_models)
+
+    config = sub.add_parser("config", help="print the resolved config of the selected models")
+    add_run_options(config)
+    config.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except DataError as exc:
+        print(f"data error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
