@@ -1,0 +1,1 @@
+"""Monitoring: service metrics (metrics.py), Prometheus rules, Grafana dashboards, drift replay."""

@@ -1,0 +1,378 @@
+"""Service metrics over prometheus_client: the only module the service calls to record metrics.
+
+Torch-free. Correct with several BentoML workers: BentoML points ``PROMETHEUS_MULTIPROC_DIR`` at
+a directory it wipes at start, counters and histograms sum over workers, and every gauge here has
+an explicit multiprocess mode (no ``pid`` label). Across replicas, Prometheus sums the series of
+each scraped instance (see ``monitoring/prometheus/rules.yml``).
+
+API (all label values are strings; ``model``/``version`` are the registry name and version):
+
+- ``observe_request(endpoint, status, seconds)``: one HTTP request answered with ``status``.
+- ``in_flight(endpoint)``: context manager counting requests being handled.
+- ``observe_batch(model, version, rows, timings, queue_wait_seconds=None)``: one model call;
+  ``timings`` is ``Runtime.last_timings`` (stage -> seconds: preprocess, inference, postprocess),
+  ``queue_wait_seconds`` one value or one per request merged into the batch.
+- ``observe_inputs(model, version, sizes)``: input sizes, ``{"tokens": [...], "pixels": [...],
+  "generated_tokens": [...]}`` (any subset; one value per item).
+- ``count_items(model, version, n)``: items predicted.
+- ``count_error(endpoint, model, kind)``: kind in ``ERROR_KINDS``.
+- ``observe_predictions(model, version, manifest, features_per_item, labels_per_item=None,
+  top_confidences=None)``: predicted classes (one list per item; several labels for multi-label),
+  top-class confidence, and the drift bins of every ``reference_profile`` feature found in each
+  item's ``features`` dict (``Runtime.predict`` results).
+- ``set_model_info(model, version, task, provider, status, load_seconds=None, manifest=None)``:
+  status in ``MODEL_STATUSES``; with a manifest, also exposes its reference fractions and creates
+  every drift bin counter at 0 (so a bin never seen live still counts as empty).
+- ``start_gpu_sampler(interval_s=5.0)``: samples GPU utilisation and memory through nvidia-ml-py
+  in a daemon thread; returns False (and no GPU series exist) when no GPU is present.
+
+Metric names (prefix ``modelserve_``) are listed in ``METRIC_NAMES``. Drift bins: numeric features
+use the reference edges with open-ended outer bins (``modelkit.profile.bin_indices``); categorical
+features use the category position, and values outside the reference categories count in an extra
+bin ``"other"`` whose reference fraction is 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from modelkit.manifest import Manifest
+from modelkit.profile import bin_indices
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "modelserve"
+ERROR_KINDS = ("validation", "model_failure", "overload", "not_found")
+MODEL_STATUSES = ("loading", "ready", "failed")
+STAGES = ("queue_wait", "preprocess", "inference", "postprocess")
+INPUT_SIZE_KINDS = ("tokens", "pixels", "generated_tokens")
+OTHER_BIN = "other"
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+SIZE_BUCKETS = tuple(4.0**k for k in range(13))  # 1 .. 16.7M: tokens and pixels alike
+CONFIDENCE_BUCKETS = tuple(round(0.05 * k, 2) for k in range(1, 21))  # 0.05 .. 1.0
+
+
+class ServiceMetrics:
+    """All service metrics, registered in one registry (a fresh one per test, the default in the service)."""
+
+    def __init__(self, registry: CollectorRegistry | None = REGISTRY):
+        def name(n: str) -> str:
+            return f"{NAMESPACE}_{n}"
+
+        r = {"registry": registry}
+        self.requests = Counter(name("requests"), "HTTP requests answered, by endpoint and status code.",
+                                ["endpoint", "status"], **r)
+        self.request_duration = Histogram(name("request_duration_seconds"),
+                                          "HTTP request latency, by endpoint and status code.",
+                                          ["endpoint", "status"], buckets=LATENCY_BUCKETS, **r)
+        self.in_flight_requests = Gauge(name("requests_in_flight"), "Requests being handled, by endpoint.",
+                                        ["endpoint"], multiprocess_mode="livesum", **r)
+        self.errors = Counter(name("errors"), "Errors by endpoint, model and kind "
+                              "(validation, model_failure, overload, not_found).",
+                              ["endpoint", "model", "kind"], **r)
+        self.items = Counter(name("items"), "Items (rows) predicted, by model and version.",
+                             ["model", "version"], **r)
+        self.batches = Counter(name("batches"), "Model calls (batches), by model and version.",
+                               ["model", "version"], **r)
+        self.batch_size = Histogram(name("batch_size_rows"), "Rows per model call.",
+                                    ["model", "version"], buckets=BATCH_BUCKETS, **r)
+        self.stage_duration = Histogram(name("stage_duration_seconds"),
+                                        "Time per stage of a model call: queue_wait (per request), "
+                                        "preprocess, inference, postprocess (per batch).",
+                                        ["model", "version", "stage"], buckets=STAGE_BUCKETS, **r)
+        self.input_size = Histogram(name("input_size"), "Input size per item: kind tokens, pixels or "
+                                    "generated_tokens (translation output).",
+                                    ["model", "version", "kind"], buckets=SIZE_BUCKETS, **r)
+        self.predictions = Counter(name("predictions"), "Predicted classes (every predicted label for "
+                                   "multi-label), by model, version and class.",
+                                   ["model", "version", "class"], **r)
+        self.confidence = Histogram(name("prediction_confidence"), "Top-class confidence per item (0-1).",
+                                    ["model", "version"], buckets=CONFIDENCE_BUCKETS, **r)
+        self.drift_bin = Counter(name("drift_bin"), "Live values of each reference-profile feature, "
+                                 "counted into the reference bins.", ["model", "version", "feature", "bin"], **r)
+        self.drift_missing = Counter(name("drift_missing_values"), "Items whose features lacked a "
+                                     "profiled feature (not counted in any bin).",
+                                     ["model", "version", "feature"], **r)
+        self.reference_fraction = Gauge(name("drift_reference_fraction"), "Reference (held-out) fraction "
+                                        "of each feature bin, from the manifest's reference_profile.",
+                                        ["model", "version", "feature", "bin"], multiprocess_mode="max", **r)
+        self.model_info = Gauge(name("model_info"), "1 for the model's current status (loading, ready, "
+                                "failed), with task and execution provider.",
+                                ["model", "version", "task", "provider", "status"], multiprocess_mode="max", **r)
+        self.load_duration = Gauge(name("model_load_duration_seconds"), "Seconds the last load of a "
+                                   "model version took.", ["model", "version"], multiprocess_mode="max", **r)
+        self.gpu_utilization = Gauge(name("gpu_utilization_ratio"), "GPU busy fraction (0-1) over the "
+                                     "last NVML sample period.", ["gpu"], multiprocess_mode="mostrecent", **r)
+        self.gpu_memory_used = Gauge(name("gpu_memory_used_bytes"), "GPU memory in use.", ["gpu"],
+                                     multiprocess_mode="mostrecent", **r)
+        self.gpu_memory_total = Gauge(name("gpu_memory_total_bytes"), "GPU memory in total.", ["gpu"],
+                                      multiprocess_mode="mostrecent", **r)
+        self._status: dict[tuple[str, str], tuple[str, str, str]] = {}
+        self._profiles: dict[tuple[str, str], dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._gpu_thread: threading.Thread | None = None
+
+    # --- requests -------------------------------------------------------------------------
+    def observe_request(self, endpoint: str, status: int | str, seconds: float) -> None:
+        """One answered HTTP request."""
+        labels = (endpoint, str(status))
+        self.requests.labels(*labels).inc()
+        self.request_duration.labels(*labels).observe(seconds)
+
+    @contextmanager
+    def in_flight(self, endpoint: str):
+        """Count a request as in flight while the block runs."""
+        gauge = self.in_flight_requests.labels(endpoint)
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
+
+    def count_error(self, endpoint: str, model: str, kind: str) -> None:
+        """One error of ``kind`` (validation, model_failure, overload, not_found)."""
+        if kind not in ERROR_KINDS:
+            raise ValueError(f"error kind {kind!r} not in {ERROR_KINDS}")
+        self.errors.labels(endpoint, model, kind).inc()
+
+    # --- model calls ----------------------------------------------------------------------
+    def observe_batch(self, model: str, version: str, rows: int, timings: Mapping[str, float],
+                      queue_wait_seconds: float | Sequence[float] | None = None) -> None:
+        """One model call of ``rows`` items with its stage timings (seconds)."""
+        self.batches.labels(model, version).inc()
+        self.batch_size.labels(model, version).observe(rows)
+        for stage, seconds in timings.items():
+            if stage not in STAGES:
+                raise ValueError(f"stage {stage!r} not in {STAGES}")
+            self.stage_duration.labels(model, version, stage).observe(seconds)
+        if queue_wait_seconds is not None:
+            waits = [queue_wait_seconds] if isinstance(queue_wait_seconds, (int, float)) else queue_wait_seconds
+            child = self.stage_duration.labels(model, version, "queue_wait")
+            for w in waits:
+                child.observe(w)
+
+    def count_items(self, model: str, version: str, n: int) -> None:
+        """``n`` items predicted."""
+        self.items.labels(model, version).inc(n)
+
+    def observe_inputs(self, model: str, version: str, sizes: Mapping[str, Iterable[float]]) -> None:
+        """Per-item input sizes by kind (tokens, pixels, generated_tokens)."""
+        for kind, values in sizes.items():
+            if kind not in INPUT_SIZE_KINDS:
+                raise ValueError(f"input size kind {kind!r} not in {INPUT_SIZE_KINDS}")
+            child = self.input_size.labels(model, version, kind)
+            for v in values:
+                child.observe(v)
+
+    # --- predictions and drift ------------------------------------------------------------
+    def observe_predictions(self, model: str, version: str, manifest: Manifest,
+                            features_per_item: Sequence[Mapping[str, Any]],
+                            labels_per_item: Sequence[Sequence[str]] | None = None,
+                            top_confidences: Sequence[float] | None = None) -> None:
+        """Count predicted classes, top confidences and the drift bins of every profiled feature."""
+        if labels_per_item is not None:
+            for labels in labels_per_item:
+                for label in labels:
+                    self.predictions.labels(model, version, str(label)).inc()
+        if top_confidences is not None:
+            child = self.confidence.labels(model, version)
+            for c in top_confidences:
+                child.observe(c)
+        profile = self._profile(model, version, manifest)
+        for feature, spec in profile.items():
+            present = [f[feature] for f in features_per_item if f.get(feature) is not None]
+            missing = len(features_per_item) - len(present)
+            if spec["kind"] == "numeric":
+                values = np.asarray(present, dtype=float)
+                finite = values[np.isfinite(values)]
+                missing += values.size - finite.size
+                counts = np.bincount(bin_indices(finite, spec["edges"]), minlength=spec["n"])
+                for b, c in enumerate(counts):
+                    if c:
+                        spec["children"][b].inc(int(c))
+            else:
+                for value in present:
+                    spec["children"][spec["index"].get(str(value), OTHER_BIN)].inc()
+            if missing:
+                self.drift_missing.labels(model, version, feature).inc(missing)
+
+    def _profile(self, model: str, version: str, manifest: Manifest) -> dict[str, Any]:
+        key = (model, version)
+        with self._lock:
+            if key not in self._profiles:
+                self._profiles[key] = self._build_profile(model, version, manifest)
+            return self._profiles[key]
+
+    def _build_profile(self, model: str, version: str, manifest: Manifest) -> dict[str, Any]:
+        """Per feature: bins and their counter children (created at 0), and the reference gauges."""
+        profile: dict[str, Any] = {}
+        for feature, hist in manifest.reference_profile.features.items():
+            bins = [str(b) for b in range(len(hist.fractions))]
+            fractions = list(hist.fractions)
+            spec: dict[str, Any] = {"kind": hist.kind, "n": len(bins)}
+            if hist.kind == "numeric":
+                spec["edges"] = np.asarray(hist.edges, dtype=float)
+            else:
+                spec["index"] = {c: str(i) for i, c in enumerate(hist.categories)}
+                bins.append(OTHER_BIN)
+                fractions.append(0.0)
+            children = {b: self.drift_bin.labels(model, version, feature, b) for b in bins}
+            spec["children"] = children if hist.kind != "numeric" else [children[b] for b in bins]
+            for b, f in zip(bins, fractions):
+                self.reference_fraction.labels(model, version, feature, b).set(f)
+            profile[feature] = spec
+        return profile
+
+    # --- models ---------------------------------------------------------------------------
+    def set_model_info(self, model: str, version: str, task: str, provider: str | None, status: str,
+                       load_seconds: float | None = None, manifest: Manifest | None = None) -> None:
+        """Record a model version's status; with a manifest, expose its drift reference too."""
+        if status not in MODEL_STATUSES:
+            raise ValueError(f"model status {status!r} not in {MODEL_STATUSES}")
+        labels = (task, provider or "none", status)
+        with self._lock:
+            previous = self._status.get((model, version))
+            if previous is not None and previous != labels:
+                # Multiprocess gauges cannot be removed: the stale status is set to 0 instead.
+                self.model_info.labels(model, version, *previous).set(0)
+            self._status[(model, version)] = labels
+        self.model_info.labels(model, version, *labels).set(1)
+        if load_seconds is not None:
+            self.load_duration.labels(model, version).set(load_seconds)
+        if manifest is not None:
+            self._profile(model, version, manifest)
+
+    # --- GPU ------------------------------------------------------------------------------
+    def sample_gpu(self) -> bool:
+        """Read utilisation and memory of every GPU once; False when NVML or a GPU is missing."""
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            count = pynvml.nvmlDeviceGetCount()
+        except Exception:  # no driver, no library or no device: CPU-only host
+            return False
+        if count == 0:
+            return False
+        for i in range(count):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            util = pynvml.nvmlDeviceGetUtilizationRates(handle)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            self.gpu_utilization.labels(str(i)).set(util.gpu / 100.0)
+            self.gpu_memory_used.labels(str(i)).set(mem.used)
+            self.gpu_memory_total.labels(str(i)).set(mem.total)
+        return True
+
+    def start_gpu_sampler(self, interval_s: float = 5.0) -> bool:
+        """Sample GPUs every ``interval_s`` in a daemon thread; False (and no thread) without a GPU."""
+        with self._lock:
+            if self._gpu_thread is not None:
+                return True
+            if not self.sample_gpu():
+                log.info("no GPU visible through NVML: GPU metrics are not exported")
+                return False
+            stop = threading.Event()
+
+            def loop() -> None:
+                while not stop.wait(interval_s):
+                    try:
+                        self.sample_gpu()
+                    except Exception:  # keep serving if NVML hiccups; the gauges just go stale
+                        log.exception("GPU sampling failed")
+
+            self._gpu_thread = threading.Thread(target=loop, name="gpu-sampler", daemon=True)
+            self._gpu_thread.start()
+            return True
+
+
+METRIC_NAMES = (
+    "modelserve_requests_total",
+    "modelserve_request_duration_seconds",
+    "modelserve_requests_in_flight",
+    "modelserve_errors_total",
+    "modelserve_items_total",
+    "modelserve_batches_total",
+    "modelserve_batch_size_rows",
+    "modelserve_stage_duration_seconds",
+    "modelserve_input_size",
+    "modelserve_predictions_total",
+    "modelserve_prediction_confidence",
+    "modelserve_drift_bin_total",
+    "modelserve_drift_missing_values_total",
+    "modelserve_drift_reference_fraction",
+    "modelserve_model_info",
+    "modelserve_model_load_duration_seconds",
+    "modelserve_gpu_utilization_ratio",
+    "modelserve_gpu_memory_used_bytes",
+    "modelserve_gpu_memory_total_bytes",
+)
+
+_default: ServiceMetrics | None = None
+_default_lock = threading.Lock()
+
+
+def default_metrics() -> ServiceMetrics:
+    """The process-wide instance registered in prometheus_client's default registry."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = ServiceMetrics()
+        return _default
+
+
+def observe_request(endpoint: str, status: int | str, seconds: float) -> None:
+    default_metrics().observe_request(endpoint, status, seconds)
+
+
+def in_flight(endpoint: str):
+    return default_metrics().in_flight(endpoint)
+
+
+def count_error(endpoint: str, model: str, kind: str) -> None:
+    default_metrics().count_error(endpoint, model, kind)
+
+
+def observe_batch(model: str, version: str, rows: int, timings: Mapping[str, float],
+                  queue_wait_seconds: float | Sequence[float] | None = None) -> None:
+    default_metrics().observe_batch(model, version, rows, timings, queue_wait_seconds)
+
+
+def count_items(model: str, version: str, n: int) -> None:
+    default_metrics().count_items(model, version, n)
+
+
+def observe_inputs(model: str, version: str, sizes: Mapping[str, Iterable[float]]) -> None:
+    default_metrics().observe_inputs(model, version, sizes)
+
+
+def observe_predictions(model: str, version: str, manifest: Manifest, features_per_item: Sequence[Mapping[str, Any]],
+                        labels_per_item: Sequence[Sequence[str]] | None = None,
+                        top_confidences: Sequence[float] | None = None) -> None:
+    default_metrics().observe_predictions(model, version, manifest, features_per_item, labels_per_item,
+                                          top_confidences)
+
+
+def set_model_info(model: str, version: str, task: str, provider: str | None, status: str,
+                   load_seconds: float | None = None, manifest: Manifest | None = None) -> None:
+    default_metrics().set_model_info(model, version, task, provider, status, load_seconds, manifest)
+
+
+def start_gpu_sampler(interval_s: float = 5.0) -> bool:
+    return default_metrics().start_gpu_sampler(interval_s)
+
+
+__all__ = [
+    "ERROR_KINDS", "INPUT_SIZE_KINDS", "METRIC_NAMES", "MODEL_STATUSES", "STAGES", "ServiceMetrics",
+    "count_error", "count_items", "default_metrics", "in_flight", "observe_batch", "observe_inputs",
+    "observe_predictions", "observe_request", "set_model_info", "start_gpu_sampler",
+]

@@ -1,0 +1,213 @@
+"""monitoring.metrics against prometheus_client directly: values, drift bins, multiprocess merging."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from modelkit import profile
+from modelkit.manifest import Manifest
+from monitoring.metrics import METRIC_NAMES, ServiceMetrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def drift_manifest(name: str = "demo", version: str = "v1") -> Manifest:
+    """A valid manifest with one numeric and one categorical reference feature."""
+    data = {
+        "name": name,
+        "version": version,
+        "task": "text-classification",
+        "labels": ["neg", "pos"],
+        "graphs": [{
+            "role": "model", "variant": "fp32", "path": "model.onnx", "opset": 17, "exporter": "legacy",
+            "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]}],
+            "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", 2]}],
+        }],
+        "preprocessing": {"kind": "text", "tokenizer_file": "tokenizer.json", "max_length": 16, "pad_token_id": 0},
+        "postprocessing": {"activation": "softmax"},
+        "metrics": {"fp32": {"accuracy": 0.9}},
+        "baseline_metrics": {},
+        "headline_metric": "accuracy",
+        "gate": {"passed": True, "criteria": [], "reasons": []},
+        "parity": [],
+        "files": [],
+        "dataset": {"source": "unit", "fingerprint": "0" * 64, "split_sizes": {"test": 4}, "seed": 0},
+        "training": {"preset": "smoke", "command": "test", "config": {}, "duration_s": 0.0, "device": "cpu",
+                     "num_parameters": 1},
+        "reference_profile": {"n_samples": 100, "features": {
+            "token_count": {"kind": "numeric", "edges": [1, 5, 10, 20], "fractions": [0.3, 0.5, 0.2]},
+            "predicted_class": {"kind": "categorical", "categories": ["neg", "pos"], "fractions": [0.4, 0.6]},
+        }},
+    }
+    return Manifest.model_validate(data)
+
+
+def test_request_batch_and_error_metrics_have_the_recorded_values():
+    reg = CollectorRegistry()
+    m = ServiceMetrics(reg)
+    for s in (0.02, 0.2, 3.0):
+        m.observe_request("classify", 200, s)
+    m.observe_request("classify", 422, 0.001)
+    m.count_error("classify", "demo", "validation")
+    with m.in_flight("classify"):
+        assert reg.get_sample_value("modelserve_requests_in_flight", {"endpoint": "classify"}) == 1
+    assert reg.get_sample_value("modelserve_requests_in_flight", {"endpoint": "classify"}) == 0
+    m.observe_batch("demo", "v1", 5, {"preprocess": 0.001, "inference": 0.01, "postprocess": 0.0002},
+                    queue_wait_seconds=[0.003, 0.004])
+    m.count_items("demo", "v1", 5)
+    m.observe_inputs("demo", "v1", {"tokens": [3, 7, 12, 30, 2]})
+
+    get = reg.get_sample_value
+    assert get("modelserve_requests_total", {"endpoint": "classify", "status": "200"}) == 3
+    assert get("modelserve_request_duration_seconds_count", {"endpoint": "classify", "status": "200"}) == 3
+    assert get("modelserve_request_duration_seconds_bucket", {"endpoint": "classify", "status": "200", "le": "0.25"}) == 2
+    assert get("modelserve_errors_total", {"endpoint": "classify", "model": "demo", "kind": "validation"}) == 1
+    assert get("modelserve_batch_size_rows_sum", {"model": "demo", "version": "v1"}) == 5
+    assert get("modelserve_stage_duration_seconds_count",
+               {"model": "demo", "version": "v1", "stage": "queue_wait"}) == 2
+    assert get("modelserve_stage_duration_seconds_sum",
+               {"model": "demo", "version": "v1", "stage": "inference"}) == pytest.approx(0.01)
+    assert get("modelserve_items_total", {"model": "demo", "version": "v1"}) == 5
+    assert get("modelserve_input_size_count", {"model": "demo", "version": "v1", "kind": "tokens"}) == 5
+
+
+def test_unknown_kinds_are_refused():
+    m = ServiceMetrics(CollectorRegistry())
+    with pytest.raises(ValueError, match="error kind"):
+        m.count_error("classify", "demo", "oops")
+    with pytest.raises(ValueError, match="stage"):
+        m.observe_batch("demo", "v1", 1, {"decode": 0.1})
+    with pytest.raises(ValueError, match="model status"):
+        m.set_model_info("demo", "v1", "text-classification", "CPUExecutionProvider", "up")
+
+
+def test_drift_bins_match_the_offline_profile_binning():
+    reg = CollectorRegistry()
+    m = ServiceMetrics(reg)
+    manifest = drift_manifest()
+    m.set_model_info("demo", "v1", "text-classification", "CPUExecutionProvider", "ready", 1.5, manifest)
+    get = reg.get_sample_value
+    # every bin exists at 0 before any traffic, and the reference is exposed
+    assert get("modelserve_drift_bin_total", {"model": "demo", "version": "v1", "feature": "token_count", "bin": "2"}) == 0
+    assert get("modelserve_drift_reference_fraction",
+               {"model": "demo", "version": "v1", "feature": "token_count", "bin": "1"}) == 0.5
+    assert get("modelserve_drift_reference_fraction",
+               {"model": "demo", "version": "v1", "feature": "predicted_class", "bin": "other"}) == 0
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 40, size=200)
+    classes = rng.choice(["neg", "pos", "maybe"], size=200)
+    features = [{"token_count": int(t), "predicted_class": str(c)} for t, c in zip(tokens, classes)]
+    features.append({"token_count": None})  # missing class, no token count: counted as missing
+    m.observe_predictions("demo", "v1", manifest, features, labels_per_item=[[c] for c in classes],
+                          top_confidences=rng.uniform(0.5, 1, size=200))
+
+    hist = manifest.reference_profile.features["token_count"]
+    expected = np.bincount(profile.bin_indices(tokens, hist.edges), minlength=3)
+    live = [get("modelserve_drift_bin_total", {"model": "demo", "version": "v1", "feature": "token_count",
+                                                "bin": str(b)}) for b in range(3)]
+    assert live == expected.tolist()
+    for b, name in [("0", "neg"), ("1", "pos"), ("other", "maybe")]:
+        assert get("modelserve_drift_bin_total", {"model": "demo", "version": "v1", "feature": "predicted_class",
+                                                   "bin": b}) == int((classes == name).sum())
+        assert get("modelserve_predictions_total", {"model": "demo", "version": "v1", "class": name}) == int(
+            (classes == name).sum())
+    assert get("modelserve_drift_missing_values_total",
+               {"model": "demo", "version": "v1", "feature": "predicted_class"}) == 1
+    assert get("modelserve_drift_missing_values_total",
+               {"model": "demo", "version": "v1", "feature": "token_count"}) == 1
+    assert get("modelserve_prediction_confidence_count", {"model": "demo", "version": "v1"}) == 200
+    assert get("modelserve_model_load_duration_seconds", {"model": "demo", "version": "v1"}) == 1.5
+
+
+def test_status_change_zeroes_the_previous_status():
+    reg = CollectorRegistry()
+    m = ServiceMetrics(reg)
+    m.set_model_info("demo", "v1", "text-classification", None, "loading")
+    m.set_model_info("demo", "v1", "text-classification", "CPUExecutionProvider", "ready", 0.4)
+    base = {"model": "demo", "version": "v1", "task": "text-classification"}
+    assert reg.get_sample_value("modelserve_model_info", {**base, "provider": "none", "status": "loading"}) == 0
+    assert reg.get_sample_value("modelserve_model_info",
+                                {**base, "provider": "CPUExecutionProvider", "status": "ready"}) == 1
+
+
+def test_gpu_metrics_are_absent_without_a_gpu():
+    reg = CollectorRegistry()
+    m = ServiceMetrics(reg)
+    has_gpu = m.start_gpu_sampler(0.5)
+    text = generate_latest(reg).decode()
+    if has_gpu:  # on a GPU host the series must exist and be sane
+        util = reg.get_sample_value("modelserve_gpu_utilization_ratio", {"gpu": "0"})
+        assert 0 <= util <= 1
+        assert reg.get_sample_value("modelserve_gpu_memory_total_bytes", {"gpu": "0"}) > 0
+    else:
+        assert 'modelserve_gpu_utilization_ratio{' not in text
+
+
+def test_every_documented_metric_is_registered():
+    reg = CollectorRegistry()
+    ServiceMetrics(reg)
+    names = set()
+    for fam in reg.collect():
+        names.add(fam.name + ("_total" if fam.type == "counter" else ""))
+    assert names == set(METRIC_NAMES)
+
+
+WORKER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+    from test_monitoring_metrics import drift_manifest
+    from monitoring import metrics
+    wid, n = int(sys.argv[1]), int(sys.argv[2])
+    manifest = drift_manifest()
+    metrics.set_model_info("demo", "v1", "text-classification", "CPUExecutionProvider", "ready", 1.0 + wid, manifest)
+    for i in range(n):
+        with metrics.in_flight("classify"):
+            metrics.observe_request("classify", 200, 0.01 * (i % 7))
+        metrics.observe_predictions("demo", "v1", manifest, [{{"token_count": 7, "predicted_class": "pos"}}],
+                                    [["pos"]], [0.9])
+""")
+
+
+def test_multiprocess_workers_sum_and_gauges_have_no_pid(tmp_path):
+    """Two real worker processes writing to one PROMETHEUS_MULTIPROC_DIR, merged as BentoML's /metrics does."""
+    mp_dir = tmp_path / "mp"
+    mp_dir.mkdir()
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(root=str(ROOT), tests=str(ROOT / "tests")))
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mp_dir)}
+    procs = [subprocess.Popen([sys.executable, str(script), str(w), str(n)], env=env) for w, n in [(0, 30), (1, 45)]]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+
+    out = subprocess.run([sys.executable, "-c", (
+        "from prometheus_client import CollectorRegistry, generate_latest, multiprocess\n"
+        "r = CollectorRegistry(); multiprocess.MultiProcessCollector(r)\n"
+        "print(generate_latest(r).decode())")], env=env, capture_output=True, text=True, check=True).stdout
+    samples = {}
+    for fam in text_string_to_metric_families(out):
+        for s in fam.samples:
+            assert "pid" not in s.labels, f"{s.name} has a pid label: gauges need a multiprocess mode"
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+
+    def value(name, **labels):
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("modelserve_requests_total", endpoint="classify", status="200") == 75
+    assert value("modelserve_request_duration_seconds_count", endpoint="classify", status="200") == 75
+    assert value("modelserve_drift_bin_total", model="demo", version="v1", feature="token_count", bin="1") == 75
+    assert value("modelserve_drift_bin_total", model="demo", version="v1", feature="predicted_class", bin="1") == 75
+    assert value("modelserve_drift_reference_fraction", model="demo", version="v1", feature="token_count",
+                 bin="0") == 0.3
+    assert value("modelserve_model_load_duration_seconds", model="demo", version="v1") == 2.0  # max over workers
+    assert value("modelserve_model_info", model="demo", version="v1", task="text-classification",
+                 provider="CPUExecutionProvider", status="ready") == 1
+    assert value("modelserve_requests_in_flight", endpoint="classify") == 0
