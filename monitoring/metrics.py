@@ -29,7 +29,8 @@ API (all label values are strings; ``model``/``version`` are the registry name a
 Metric names (prefix ``modelserve_``) are listed in ``METRIC_NAMES``. Drift bins: numeric features
 use the reference edges with open-ended outer bins (``modelkit.profile.bin_indices``); categorical
 features use the category position, and values outside the reference categories count in an extra
-bin ``"other"`` whose reference fraction is 0.
+bin ``"(other)"`` whose reference fraction is 0. Bin labels: the category name for categorical
+features, the zero-padded bin index (``"00"``, ``"01"``, ...) for numeric ones.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ ERROR_KINDS = ("validation", "model_failure", "overload", "not_found")
 MODEL_STATUSES = ("loading", "ready", "failed")
 STAGES = ("queue_wait", "preprocess", "inference", "postprocess")
 INPUT_SIZE_KINDS = ("tokens", "pixels", "generated_tokens")
-OTHER_BIN = "other"
+OTHER_BIN = "(other)"
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -217,13 +218,14 @@ class ServiceMetrics:
         """Per feature: bins and their counter children (created at 0), and the reference gauges."""
         profile: dict[str, Any] = {}
         for feature, hist in manifest.reference_profile.features.items():
-            bins = [str(b) for b in range(len(hist.fractions))]
+            bins = [f"{b:02d}" for b in range(len(hist.fractions))]
             fractions = list(hist.fractions)
             spec: dict[str, Any] = {"kind": hist.kind, "n": len(bins)}
             if hist.kind == "numeric":
                 spec["edges"] = np.asarray(hist.edges, dtype=float)
             else:
-                spec["index"] = {c: str(i) for i, c in enumerate(hist.categories)}
+                bins = [str(c) for c in hist.categories]
+                spec["index"] = {b: b for b in bins}
                 bins.append(OTHER_BIN)
                 fractions.append(0.0)
             children = {b: self.drift_bin.labels(model, version, feature, b) for b in bins}

@@ -97,11 +97,11 @@ def test_drift_bins_match_the_offline_profile_binning():
     m.set_model_info("demo", "v1", "text-classification", "CPUExecutionProvider", "ready", 1.5, manifest)
     get = reg.get_sample_value
     # every bin exists at 0 before any traffic, and the reference is exposed
-    assert get("modelserve_drift_bin_total", {"model": "demo", "version": "v1", "feature": "token_count", "bin": "2"}) == 0
+    assert get("modelserve_drift_bin_total", {"model": "demo", "version": "v1", "feature": "token_count", "bin": "02"}) == 0
     assert get("modelserve_drift_reference_fraction",
-               {"model": "demo", "version": "v1", "feature": "token_count", "bin": "1"}) == 0.5
+               {"model": "demo", "version": "v1", "feature": "token_count", "bin": "01"}) == 0.5
     assert get("modelserve_drift_reference_fraction",
-               {"model": "demo", "version": "v1", "feature": "predicted_class", "bin": "other"}) == 0
+               {"model": "demo", "version": "v1", "feature": "predicted_class", "bin": "(other)"}) == 0
 
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, 40, size=200)
@@ -114,9 +114,9 @@ def test_drift_bins_match_the_offline_profile_binning():
     hist = manifest.reference_profile.features["token_count"]
     expected = np.bincount(profile.bin_indices(tokens, hist.edges), minlength=3)
     live = [get("modelserve_drift_bin_total", {"model": "demo", "version": "v1", "feature": "token_count",
-                                                "bin": str(b)}) for b in range(3)]
+                                                "bin": f"{b:02d}"}) for b in range(3)]
     assert live == expected.tolist()
-    for b, name in [("0", "neg"), ("1", "pos"), ("other", "maybe")]:
+    for b, name in [("neg", "neg"), ("pos", "pos"), ("(other)", "maybe")]:
         assert get("modelserve_drift_bin_total", {"model": "demo", "version": "v1", "feature": "predicted_class",
                                                    "bin": b}) == int((classes == name).sum())
         assert get("modelserve_predictions_total", {"model": "demo", "version": "v1", "class": name}) == int(
@@ -203,10 +203,10 @@ def test_multiprocess_workers_sum_and_gauges_have_no_pid(tmp_path):
 
     assert value("modelserve_requests_total", endpoint="classify", status="200") == 75
     assert value("modelserve_request_duration_seconds_count", endpoint="classify", status="200") == 75
-    assert value("modelserve_drift_bin_total", model="demo", version="v1", feature="token_count", bin="1") == 75
-    assert value("modelserve_drift_bin_total", model="demo", version="v1", feature="predicted_class", bin="1") == 75
+    assert value("modelserve_drift_bin_total", model="demo", version="v1", feature="token_count", bin="01") == 75
+    assert value("modelserve_drift_bin_total", model="demo", version="v1", feature="predicted_class", bin="pos") == 75
     assert value("modelserve_drift_reference_fraction", model="demo", version="v1", feature="token_count",
-                 bin="0") == 0.3
+                 bin="00") == 0.3
     assert value("modelserve_model_load_duration_seconds", model="demo", version="v1") == 2.0  # max over workers
     assert value("modelserve_model_info", model="demo", version="v1", task="text-classification",
                  provider="CPUExecutionProvider", status="ready") == 1
