@@ -1,0 +1,1 @@
+"""HTTP inference service (BentoML + onnxruntime). Entry: service.app:ModelService."""

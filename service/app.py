@@ -1,0 +1,58 @@
+"""BentoML entry point: ``bentoml serve service.app:ModelService``.
+
+Each worker loads every registered model (validated manifest, verified checksums,
+onnxruntime sessions, warm-up) in ``__init__``; BentoML starts answering only after
+that, and ``/readyz`` stays 503 unless at least one model is ready. The HTTP API is a
+FastAPI app (service/routes.py) mounted at ``/`` so that errors, status codes and
+batching are under our control; BentoML provides the server, workers, ``/livez``,
+``/readyz``, ``/metrics`` and the OpenAPI page (``/``, ``/docs.json``). Never imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import bentoml
+
+from .models import load_all
+from .routes import ServiceState, api, set_state, traffic
+from .settings import ServiceSettings
+
+log = logging.getLogger("service")
+
+SETTINGS = ServiceSettings()
+
+
+def _configure_logging() -> None:
+    # BentoML configures its own loggers only; without a handler our INFO lines would vanish.
+    logger = logging.getLogger("service")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+@bentoml.service(name="modelserve", workers=SETTINGS.workers, traffic={"timeout": 120})
+@bentoml.asgi_app(api, path="/")
+class ModelService:
+    """Serves every model of the registry over HTTP (see GET /models)."""
+
+    def __init__(self) -> None:
+        _configure_logging()
+        t0 = time.perf_counter()
+        log.info("loading models from %s (provider=%s, variant=%s, %d worker(s), %d intra-op thread(s) each)",
+                 SETTINGS.registry.resolve(), SETTINGS.provider, SETTINGS.variant, SETTINGS.workers,
+                 SETTINGS.intra_op_threads())
+        models = load_all(SETTINGS, traffic())
+        self.state = ServiceState(SETTINGS, models, traffic())
+        set_state(self.state)
+        ready = [n for n, m in models.items() if m.status == "ready"]
+        failed = {n: m.reason for n, m in models.items() if m.status != "ready"}
+        log.info("ready in %.2f s: %d model(s) serving %s; %d failed %s", time.perf_counter() - t0, len(ready), ready,
+                 len(failed), failed or "")
+
+    def __is_ready__(self) -> bool:
+        return self.state.ready

@@ -1,0 +1,188 @@
+"""Per-model asyncio batcher: coalesces items from concurrent requests into model calls.
+
+Why not BentoML's adaptive batching: here it answered 503 when it predicted a deadline
+miss, failed every request of a merged batch for one bad item, passed empty lists to
+the batch function and logged 4xx with tracebacks (see shared/ENVIRONMENT.md).
+
+Policy: one model call at a time per model, in its own thread (onnxruntime releases
+the GIL). A batch leaves when it is full, when ``max_wait_ms`` has passed since its
+oldest item arrived, or at once when no other request is on its way to the server's
+handlers (waiting could not fill it). Items that arrive while a call runs form the next
+batch, so under load batches grow by themselves. If a merged call fails, every request
+in it is retried alone, so a failure reaches only the request that caused it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .settings import BatchSettings
+
+log = logging.getLogger("service.batcher")
+
+# predict(items, options, queue_wait_seconds_per_request) -> one result per item
+PredictFn = Callable[[list[Any], dict[str, Any], list[float]], list[dict]]
+
+
+class Overloaded(Exception):
+    """The model's queue is full; the caller answers 503 with Retry-After."""
+
+
+class Traffic:
+    """Requests inside the app's handlers vs. requests parked in a batcher.
+
+    ``arriving()`` > 0 means some request is being parsed or validated right now and
+    may join a batch soon: only then is waiting for it worth anything.
+    """
+
+    def __init__(self) -> None:
+        self.in_handlers = 0
+        self.parked = 0
+
+    def arriving(self) -> int:
+        return self.in_handlers - self.parked
+
+
+@dataclass
+class _Job:
+    items: list[Any]
+    options: dict[str, Any]
+    key: tuple
+    future: asyncio.Future
+    enqueued_at: float
+    results: list[dict] = field(default_factory=list)
+
+
+class Batcher:
+    """Coalesces ``submit`` calls for one model into ``predict(items, options)`` calls."""
+
+    def __init__(self, name: str, predict: PredictFn, settings: BatchSettings, traffic: Traffic | None = None):
+        self.name = name
+        self._predict = predict
+        self.max_batch_size = settings.max_batch_size
+        self.max_wait_s = settings.max_wait_ms / 1000.0
+        self.max_queue_items = settings.max_queue_items
+        self._traffic = traffic or Traffic()
+        self._pending: deque[_Job] = deque()
+        self._queued_items = 0
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+
+    @property
+    def queued_items(self) -> int:
+        return self._queued_items
+
+    async def submit(self, items: list[Any], options: dict[str, Any] | None = None) -> list[dict]:
+        """Results for ``items`` (already validated), in order; raises what the model raised."""
+        if not items:
+            return []
+        if self._queued_items + len(items) > self.max_queue_items:
+            raise Overloaded(f"{self.name}: {self._queued_items} items queued, limit {self.max_queue_items}")
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._run_forever(), name=f"batcher-{self.name}")
+        options = options or {}
+        job = _Job(list(items), options, tuple(sorted(options.items())), loop.create_future(), loop.time())
+        self._pending.append(job)
+        self._queued_items += len(items)
+        self._traffic.parked += 1
+        self._wake.set()
+        try:
+            return await job.future
+        finally:
+            self._traffic.parked -= 1
+
+    async def _run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            first = self._pending[0]
+            deadline = first.enqueued_at + self.max_wait_s
+            while self._items_with_key(first.key) < self.max_batch_size:
+                remaining = deadline - loop.time()
+                if remaining <= 0 or self._traffic.arriving() <= 0:
+                    break
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+                except TimeoutError:
+                    break
+            jobs = self._take(first.key)
+            try:
+                await self._run_jobs(jobs)
+            except Exception:  # never let the loop die: every job must get an answer
+                log.exception("%s: batch bookkeeping failed", self.name)
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(RuntimeError(f"{self.name}: internal batching error"))
+
+    def _items_with_key(self, key: tuple) -> int:
+        return sum(len(j.items) for j in self._pending if j.key == key)
+
+    def _take(self, key: tuple) -> list[_Job]:
+        """FIFO jobs with ``key`` up to max_batch_size items (the first job always)."""
+        taken: list[_Job] = []
+        kept: deque[_Job] = deque()
+        n = 0
+        while self._pending:
+            job = self._pending.popleft()
+            fits = not taken or n + len(job.items) <= self.max_batch_size
+            if job.key == key and fits and n < self.max_batch_size:
+                taken.append(job)
+                n += len(job.items)
+            else:
+                kept.append(job)
+        self._pending = kept
+        self._queued_items -= n
+        return taken
+
+    async def _run_jobs(self, jobs: list[_Job]) -> None:
+        loop = asyncio.get_running_loop()
+        live = [j for j in jobs if not j.future.done()]  # a cancelled request needs no inference
+        if not live:
+            return
+        items = [it for j in live for it in j.items]
+        waits = [loop.time() - j.enqueued_at for j in live]
+        try:
+            results = await loop.run_in_executor(self._executor, self._call, items, live[0].options, waits)
+        except Exception as exc:
+            if len(live) == 1:
+                live[0].future.set_exception(exc)
+                return
+            log.warning("%s: merged batch of %d requests failed (%s); retrying each alone", self.name, len(live), exc)
+            for job in live:
+                await self._run_jobs([job])
+            return
+        start = 0
+        for job in live:
+            part = results[start : start + len(job.items)]
+            start += len(job.items)
+            if not job.future.done():
+                job.future.set_result(part)
+
+    def _call(self, items: list[Any], options: dict[str, Any], waits: list[float]) -> list[dict]:
+        """Model calls of at most max_batch_size items (runs in the model's thread)."""
+        out: list[dict] = []
+        for i in range(0, len(items), self.max_batch_size):
+            chunk = items[i : i + self.max_batch_size]
+            results = self._predict(chunk, options, waits if i == 0 else [])
+            if len(results) != len(chunk):
+                raise RuntimeError(f"{self.name}: model returned {len(results)} results for {len(chunk)} items")
+            out.extend(results)
+        return out
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,157 @@
+"""Request and response bodies (pydantic); their examples show up in the OpenAPI page."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# ---- requests -------------------------------------------------------------------------------
+
+
+class ClassifyRequest(_Body):
+    model: str = Field(description="registered model name (see GET /models)", examples=["sentiment"])
+    texts: list[str] = Field(
+        min_length=1,
+        description="texts to classify; at most SERVICE_MAX_ITEMS_PER_REQUEST (413 beyond), "
+        "each at most the model's max_text_chars",
+        examples=[["what a lovely day", "my flight got cancelled again"]],
+    )
+    top_k: int | None = Field(
+        None, ge=1, description="single-label models: labels per text (default 1, at most the number of labels)",
+        examples=[2],
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"model": "sentiment", "texts": ["what a lovely day"], "top_k": 2}]}
+    )
+
+
+class TranslateRequest(_Body):
+    model: str = Field(description="registered translation model name", examples=["translator"])
+    texts: list[str] = Field(min_length=1, description="source sentences", examples=[["Das Haus ist klein."]])
+    num_beams: int | None = Field(
+        None, ge=1, description="beam width (default from the manifest; at most its max_num_beams)", examples=[4]
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="generated tokens per text (at most the manifest's max_max_new_tokens)",
+        examples=[64],
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"model": "translator", "texts": ["Das Haus ist klein."], "num_beams": 2}]}
+    )
+
+
+class ImageJsonRequest(_Body):
+    model: str = Field(description="registered image model name", examples=["fashion"])
+    images: list[str] = Field(min_length=1, description="base64-encoded image files (PNG, JPEG, ...)")
+    top_k: int | None = Field(None, ge=1, description="labels per image (default 1)", examples=[3])
+
+
+# ---- responses ------------------------------------------------------------------------------
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class Classification(BaseModel):
+    labels: list[LabelScore] = Field(
+        description="single-label: top-k labels by probability; multi-label: every label above its threshold"
+    )
+
+
+class ClassifyResponse(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "sentiment",
+                    "version": "20261123-130501",
+                    "results": [{"labels": [{"label": "positive", "score": 0.91}, {"label": "neutral", "score": 0.06}]}],
+                }
+            ]
+        },
+    )
+    model: str
+    version: str
+    results: list[Classification]
+
+
+class Translation(BaseModel):
+    translation: str
+
+
+class TranslateResponse(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {"model": "translator", "version": "20261123-130501", "results": [{"translation": "The house is small."}]}
+            ]
+        },
+    )
+    model: str
+    version: str
+    results: list[Translation]
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    name: str
+    version: str | None
+    task: str | None
+    status: Literal["ready", "failed"]
+    reason: str | None = Field(None, description="why a failed model could not be loaded")
+    labels: list[str] = Field(default_factory=list)
+    metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
+    headline_metric: str | None = None
+    provider: str | None = None
+    variant: str | None = None
+    source: str | None = Field(None, description="version folder the model was loaded from")
+    max_batch_size: int | None = None
+    max_wait_ms: float | None = None
+    limits: dict[str, Any] = Field(default_factory=dict, description="input limits the service enforces")
+    load_seconds: float | None = None
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    field: str | None = Field(description="the request field at fault, e.g. texts[3]")
+    limit: Any = Field(None, description="the limit it broke, when there is one")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"error": {"status": 422, "field": "texts[0]", "limit": 2000, "message": "text is 2500 chars, limit 2000"}}
+            ]
+        }
+    )
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": desc}
+    for code, desc in {
+        404: "unknown model (the error lists the known ones)",
+        413: "too many items or request body too large",
+        415: "wrong content type, or an upload that is not an image",
+        422: "invalid field (named in the error, with its limit), wrong task for the endpoint, empty list",
+        503: "model failed to load (reason given) or overloaded",
+    }.items()
+}

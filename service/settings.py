@@ -1,0 +1,85 @@
+"""Service settings (pydantic-settings): environment ``SERVICE_*``, optionally a TOML file.
+
+Precedence, highest first: environment variables, the TOML file named by
+``SERVICE_CONFIG_FILE``, defaults. Nested values use ``__`` in variable names
+(``SERVICE_DEFAULT_BATCH__MAX_WAIT_MS=2``) or JSON (``SERVICE_PINS='{"sentiment": "20261123-130501"}'``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from modelkit.onnx_session import SessionSettings
+
+CONFIG_FILE_ENV = "SERVICE_CONFIG_FILE"
+
+
+class BatchSettings(BaseModel):
+    """How items from concurrent requests are coalesced for one model."""
+
+    max_batch_size: int = Field(32, ge=1, le=4096, description="most items in one model call")
+    max_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="longest an item waits for others while more requests are arriving"
+    )
+    max_queue_items: int = Field(4096, ge=1, description="items waiting beyond this are refused with 503 (overload)")
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SERVICE_", env_nested_delimiter="__", extra="ignore")
+
+    registry: Path = Field(
+        Path("exported"),
+        validation_alias=AliasChoices("MODEL_REGISTRY", "SERVICE_REGISTRY", "registry"),
+        description="registry root holding <name>/LATEST and <name>/<version>/",
+    )
+    models: list[str] | None = Field(None, description="serve only these names (default: every name with LATEST)")
+    pins: dict[str, str] = Field(default_factory=dict, description="name -> version to serve instead of LATEST")
+
+    provider: Literal["auto", "cuda", "cpu"] = "auto"
+    variant: Literal["auto", "fp32", "int8"] = "fp32"
+    workers: int = Field(1, ge=1, le=64, description="BentoML worker processes")
+    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per worker; 0 = cores // workers")
+
+    default_batch: BatchSettings = Field(default_factory=BatchSettings)
+    batch: dict[str, BatchSettings] = Field(default_factory=dict, description="per-model overrides of default_batch")
+
+    max_items_per_request: int = Field(64, ge=1, description="texts/images in one request; more is 413")
+    max_request_bytes: int = Field(32_000_000, ge=1024, description="request body size; more is 413")
+    warmup: bool = True
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    def intra_op_threads(self) -> int:
+        """Threads per onnxruntime session so that all workers together use every core once."""
+        if self.threads:
+            return self.threads
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+    def session_settings(self) -> SessionSettings:
+        return SessionSettings(
+            provider=self.provider,
+            variant=self.variant,
+            intra_op_threads=self.intra_op_threads(),
+            inter_op_threads=1,
+        )
+
+    def batch_for(self, name: str) -> BatchSettings:
+        return self.batch.get(name, self.default_batch)
