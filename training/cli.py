@@ -85,7 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name, cfg in configs.items():
         try:
             result = run_model(
-                name, families[name], cfg, registry=registry, data_dir=data_dir, preset=args.preset, command=command
+                name, families[name], cfg, registry_root=registry, data_dir=data_dir, preset=args.preset, command=command
             )
         except GateFailed as exc:
             print(f"\n[{name}] GATE FAILED: {exc}", file=sys.stderr)

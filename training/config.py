@@ -68,6 +68,7 @@ class ExportConfig(_Strict):
     parity_inputs: int = Field(256, ge=1)  # held-out items run through torch and onnxruntime
     parity_tolerance: float = Field(1e-4, gt=0)
     quantize: bool = True
+    int8_min_agreement: float = Field(0.9, ge=0, le=1)  # int8 vs torch argmax agreement for int8 parity to pass
     latency_batch: int = Field(32, ge=1)
     latency_repeats: int = Field(20, ge=1)
 

