@@ -1,0 +1,698 @@
+"""Translator family: Marian-style Transformer encoder-decoders trained from scratch (``de-en``, ``en-ko``).
+
+Training uses transformers' MarianMTModel (joint BPE vocabulary from ``tokenizers``, tied
+embeddings, label smoothing, token-budget batches bucketed by length). Export writes three
+graphs: ``encoder``, ``decoder`` (first step, also usable without a cache) and
+``decoder_with_past`` (one step with self-attention key/values), built by small wrapper
+modules over the trained weights with explicit cache tensors. Evaluation decodes the test
+split through the torch-free ``modelkit.runtimes.translator`` runtime (greedy and beam) and
+scores it with sacrebleu; the ONNX token ids are also compared with torch ``generate()``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from modelkit.manifest import (
+    DatasetInfo,
+    GateCriterion,
+    GenerationConfig,
+    Postprocessing,
+    TranslationPreprocessing,
+)
+
+from ..config import DataConfig, ModelConfig
+from ..data.translation import CORPORA, Pair, load_splits
+from ..family import Assets, DataError, Evaluation, Family, GraphExport, Split, Splits
+
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+TOKENIZER_FILE = "tokenizer.json"
+
+
+# ---------------------------------------------------------------- configuration
+
+
+class TranslatorData(DataConfig):
+    """Translation data: held-out sizes are counts of distinct source sentences."""
+
+    val_size: int = Field(500, ge=5)
+    test_size: int = Field(1000, ge=5)
+
+
+class TranslatorParams(BaseModel):
+    """Model, tokenizer, batching and decoding settings."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    vocab_size: int = Field(6000, ge=100)
+    d_model: int = Field(128, ge=16)
+    encoder_layers: int = Field(2, ge=1)
+    decoder_layers: int = Field(2, ge=1)
+    attention_heads: int = Field(4, ge=1)
+    ffn_dim: int = Field(512, ge=16)
+    activation: Literal["relu", "gelu"] = "relu"
+    dropout: float = Field(0.1, ge=0, lt=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    max_source_tokens: int = Field(128, ge=8)  # longer sources are refused by the runtime
+    max_target_tokens: int = Field(128, ge=8)  # longer training targets are truncated
+    batch_tokens: int = Field(4096, ge=64)  # padded source + target tokens per training batch
+    val_sentences: int = Field(200, ge=1)  # validation sentences decoded (greedy) per epoch for chrF
+    num_beams: int = Field(4, ge=1)  # default beam size in the manifest and for the beam evaluation
+    length_penalty: float = 1.0
+    max_new_tokens: int = Field(128, ge=1)  # evaluation and manifest default
+    eval_batch_size: int = Field(32, ge=1)
+    parity_sentences: int = Field(200, ge=1)  # test sentences compared with torch generate()
+
+
+class TranslatorConfig(ModelConfig):
+    data: TranslatorData = Field(default_factory=TranslatorData)
+    model: TranslatorParams = Field(default_factory=TranslatorParams)
+
+
+def _gate(quick_margin: float, *, full: bool, bleu: bool) -> list[dict]:
+    if full:
+        crit = [{"metric": "chrf", "baseline": "retrieval", "min_above_baseline": 0.0}]
+        if bleu:
+            crit.append({"metric": "bleu", "baseline": "retrieval", "min_above_baseline": 0.0})
+        return crit
+    return [{"metric": "chrf", "baseline": "copy_source", "min_above_baseline": quick_margin}]
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """Joint BPE over both languages: NFKC, metaspace + punctuation + digit splits, </s> appended."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation(), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=2,
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", EOS)])
+    for i, t in enumerate(SPECIAL_TOKENS):
+        if tok.token_to_id(t) != i:
+            raise RuntimeError(f"special token {t} got id {tok.token_to_id(t)}, expected {i}")
+    return tok
+
+
+def encode_sources(tok, texts: list[str]) -> list[list[int]]:
+    return [e.ids for e in tok.encode_batch(texts)]
+
+
+def encode_targets(tok, texts: list[str], max_len: int) -> list[list[int]]:
+    return [e.ids[: max_len - 1] + [EOS] for e in tok.encode_batch(texts, add_special_tokens=False)]
+
+
+# ---------------------------------------------------------------- model
+
+
+def build_marian(p: TranslatorParams, vocab_size: int):
+    from transformers import MarianConfig, MarianMTModel
+
+    config = MarianConfig(
+        vocab_size=vocab_size, d_model=p.d_model, encoder_layers=p.encoder_layers, decoder_layers=p.decoder_layers,
+        encoder_attention_heads=p.attention_heads, decoder_attention_heads=p.attention_heads,
+        encoder_ffn_dim=p.ffn_dim, decoder_ffn_dim=p.ffn_dim, activation_function=p.activation,
+        dropout=p.dropout, attention_dropout=0.0, activation_dropout=0.0,
+        max_position_embeddings=max(512, p.max_source_tokens, p.max_new_tokens + 1),
+        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=BOS,
+        forced_eos_token_id=None, scale_embedding=True, share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True,
+    )
+    model = MarianMTModel(config)
+    model.label_smoothing = p.label_smoothing
+    return model
+
+
+def generation_config(num_beams: int, max_new_tokens: int, length_penalty: float):
+    """The transformers GenerationConfig the ONNX decoder reproduces (pad and <s> never generated)."""
+    from transformers import GenerationConfig as HFGenerationConfig
+
+    return HFGenerationConfig(
+        decoder_start_token_id=BOS, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD,
+        num_beams=num_beams, max_new_tokens=max_new_tokens, length_penalty=length_penalty,
+        early_stopping=False, do_sample=False, suppress_tokens=[PAD, BOS], forced_eos_token_id=None,
+        num_return_sequences=1, use_cache=True,
+    )
+
+
+@torch.no_grad()
+def torch_generate(model, sources: list[list[int]], *, num_beams: int, max_new_tokens: int,
+                   length_penalty: float = 1.0, batch_size: int = 32) -> list[list[int]]:
+    """torch ``generate()`` token ids per source (start token removed, cut after the first EOS)."""
+    model.eval()
+    gen = generation_config(num_beams, max_new_tokens, length_penalty)
+    out: list[list[int]] = []
+    for i in range(0, len(sources), batch_size):
+        chunk = sources[i:i + batch_size]
+        ids, mask = pad(chunk)
+        seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+        for row in seqs[:, 1:].tolist():
+            out.append(row[: row.index(EOS) + 1] if EOS in row else [t for t in row if t != PAD])
+    return out
+
+
+def pad(seqs: list[list[int]], value: int = PAD) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), value, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+# ---------------------------------------------------------------- export graphs (explicit KV cache)
+
+MASK_VALUE = -1.0e9
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, t, d = x.shape
+    return x.view(b, t, heads, d // heads).transpose(1, 2)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    b, h, t, d = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * d)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float):
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if bias is not None:
+        scores = scores + bias
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+class _GraphBase(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        cfg = model.config
+        self.heads = cfg.decoder_attention_heads
+        self.scale = (cfg.d_model // self.heads) ** -0.5
+        self.act = nn.functional.relu if cfg.activation_function == "relu" else nn.functional.gelu
+
+    def _ffn(self, layer, h):
+        return layer.final_layer_norm(h + layer.fc2(self.act(layer.fc1(h))))
+
+    def _embed(self, stack, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return stack.embed_tokens(ids) * stack.embed_scale + stack.embed_positions.weight[positions]
+
+
+class EncoderGraph(_GraphBase):
+    """input_ids, attention_mask -> encoder_hidden_states (Marian encoder, post-LN)."""
+
+    def forward(self, input_ids, attention_mask):
+        enc = self.model.model.encoder
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        h = self._embed(enc, input_ids, positions)
+        bias = (1.0 - attention_mask[:, None, None, :].to(h.dtype)) * MASK_VALUE
+        heads = self.model.config.encoder_attention_heads
+        for layer in enc.layers:
+            a = layer.self_attn
+            q, k, v = _heads(a.q_proj(h), heads), _heads(a.k_proj(h), heads), _heads(a.v_proj(h), heads)
+            h = layer.self_attn_layer_norm(h + a.out_proj(_merge(_attend(q, k, v, bias, self.scale))))
+            h = self._ffn(layer, h)
+        return h
+
+
+class DecoderGraph(_GraphBase):
+    """Full-prefix decoder step: logits for every position plus self and cross key/values."""
+
+    def forward(self, input_ids, encoder_hidden_states, encoder_attention_mask):
+        dec = self.model.model.decoder
+        t = input_ids.shape[1]
+        positions = torch.arange(t, device=input_ids.device)
+        h = self._embed(dec, input_ids, positions)
+        causal = torch.triu(torch.full((t, t), MASK_VALUE, dtype=h.dtype, device=h.device), diagonal=1)
+        cross_bias = (1.0 - encoder_attention_mask[:, None, None, :].to(h.dtype)) * MASK_VALUE
+        self_kv, cross_kv = [], []
+        for layer in dec.layers:
+            a = layer.self_attn
+            q, k, v = _heads(a.q_proj(h), self.heads), _heads(a.k_proj(h), self.heads), _heads(a.v_proj(h), self.heads)
+            h = layer.self_attn_layer_norm(h + a.out_proj(_merge(_attend(q, k, v, causal, self.scale))))
+            c = layer.encoder_attn
+            ck = _heads(c.k_proj(encoder_hidden_states), self.heads)
+            cv = _heads(c.v_proj(encoder_hidden_states), self.heads)
+            h = layer.encoder_attn_layer_norm(
+                h + c.out_proj(_merge(_attend(_heads(c.q_proj(h), self.heads), ck, cv, cross_bias, self.scale)))
+            )
+            h = self._ffn(layer, h)
+            self_kv += [k, v]
+            cross_kv += [ck, cv]
+        logits = self.model.lm_head(h) + self.model.final_logits_bias
+        return (logits, *self_kv, *cross_kv)
+
+
+class DecoderWithPastGraph(_GraphBase):
+    """One decoder step from cached key/values: logits and the grown self-attention cache."""
+
+    def forward(self, input_ids, encoder_attention_mask, *past):
+        dec = self.model.model.decoder
+        n = len(dec.layers)
+        past_self, past_cross = past[: 2 * n], past[2 * n:]
+        start = past_self[0].shape[2]
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device) + start
+        h = self._embed(dec, input_ids, positions)
+        cross_bias = (1.0 - encoder_attention_mask[:, None, None, :].to(h.dtype)) * MASK_VALUE
+        present = []
+        for i, layer in enumerate(dec.layers):
+            a = layer.self_attn
+            q = _heads(a.q_proj(h), self.heads)
+            k = torch.cat([past_self[2 * i], _heads(a.k_proj(h), self.heads)], dim=2)
+            v = torch.cat([past_self[2 * i + 1], _heads(a.v_proj(h), self.heads)], dim=2)
+            h = layer.self_attn_layer_norm(h + a.out_proj(_merge(_attend(q, k, v, None, self.scale))))
+            c = layer.encoder_attn
+            ck, cv = past_cross[2 * i], past_cross[2 * i + 1]
+            h = layer.encoder_attn_layer_norm(
+                h + c.out_proj(_merge(_attend(_heads(c.q_proj(h), self.heads), ck, cv, cross_bias, self.scale)))
+            )
+            h = self._ffn(layer, h)
+            present += [k, v]
+        logits = self.model.lm_head(h) + self.model.final_logits_bias
+        return (logits, *present)
+
+
+def cache_names(n_layers: int, prefix: str, kind: str) -> list[str]:
+    return [f"{prefix}.{i}.{kind}.{kv}" for i in range(n_layers) for kv in ("key", "value")]
+
+
+# ---------------------------------------------------------------- batching
+
+
+def token_budget_batches(lengths: list[int], budget: int, rng: random.Random | None) -> list[list[int]]:
+    """Index batches whose padded size (rows x longest) stays within ``budget`` tokens.
+
+    Sorted by length (with a little random jitter when ``rng`` is given, so batches differ
+    between passes) and returned in random order when shuffling.
+    """
+    if rng is not None:
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i] + rng.random() * 2)
+    else:
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, current, longest = [], [], 0
+    for i in order:
+        longest_if = max(longest, lengths[i])
+        if current and longest_if * (len(current) + 1) > budget:
+            batches.append(current)
+            current, longest_if = [], lengths[i]
+        current.append(i)
+        longest = longest_if
+    if current:
+        batches.append(current)
+    if rng is not None:
+        rng.shuffle(batches)
+    return batches
+
+
+def _to_batch(src: list[list[int]], tgt: list[list[int]]) -> dict[str, torch.Tensor]:
+    ids, mask = pad(src)
+    labels, _ = pad(tgt, value=-100)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def score(hyps: list[str], refs: list[str], target_lang: str) -> dict[str, float]:
+    """sacrebleu corpus BLEU and chrF (Korean BLEU on characters)."""
+    import sacrebleu
+
+    tokenize = "char" if target_lang in ("ko", "ja", "zh") else "13a"
+    return {
+        "bleu": float(sacrebleu.corpus_bleu(hyps, [refs], tokenize=tokenize).score),
+        "chrf": float(sacrebleu.corpus_chrf(hyps, [refs]).score),
+    }
+
+
+def retrieval_translations(train_src: list[str], train_tgt: list[str], queries: list[str]) -> list[str]:
+    """Translation memory: the target of the nearest training source by char 2-4-gram TF-IDF cosine."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=1)
+    train_m = vec.fit_transform(train_src)
+    query_m = vec.transform(queries)
+    best = []
+    for start in range(0, query_m.shape[0], 256):  # rows are L2-normalised: dot product = cosine
+        sims = (query_m[start:start + 256] @ train_m.T).toarray()
+        best.extend(sims.argmax(axis=1).tolist())
+    return [train_tgt[i] for i in best]
+
+
+# ---------------------------------------------------------------- the family
+
+
+class TranslatorFamily(Family):
+    """A Marian-style translator for one language pair."""
+
+    task = "translation"
+    config_class = TranslatorConfig
+    headline_metric = "chrf"
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.source_lang = CORPORA[name]["source_lang"]
+        self.target_lang = CORPORA[name]["target_lang"]
+
+    # --- configuration ------------------------------------------------------------
+    def presets(self) -> dict[str, dict]:
+        bleu_gate = self.target_lang != "ko"
+        common = {"family": "translator"}
+        smoke = {
+            **common,
+            "data": {"max_examples": 400, "val_size": 20, "test_size": 20, "seed": 13},
+            "model": {"vocab_size": 300, "d_model": 32, "encoder_layers": 1, "decoder_layers": 1,
+                      "attention_heads": 2, "ffn_dim": 64, "batch_tokens": 1024, "val_sentences": 10,
+                      "num_beams": 2, "max_new_tokens": 12, "max_source_tokens": 128, "parity_sentences": 20,
+                      "eval_batch_size": 8},
+            "train": {"epochs": 2, "max_steps_per_epoch": 3, "lr": 3e-3, "batch_size": 16, "patience": 2,
+                      "warmup_ratio": 0.1},
+            "export": {"exporters": ["legacy"], "parity_inputs": 8, "latency_batch": 4, "latency_repeats": 2},
+            "gate": {"criteria": [{"metric": "chrf", "min_value": 0.0}]},
+        }
+        quick = {
+            **common,
+            "data": {"val_size": 500, "test_size": 1000, "seed": 13},
+            "model": {"vocab_size": 6000, "d_model": 128, "encoder_layers": 2, "decoder_layers": 2,
+                      "attention_heads": 4, "ffn_dim": 512, "batch_tokens": 4096, "val_sentences": 150,
+                      "num_beams": 4, "max_new_tokens": 96},
+            "train": {"epochs": 8, "max_steps_per_epoch": 150, "lr": 2e-3, "warmup_ratio": 0.05,
+                      "schedule": "linear", "patience": 3, "batch_size": 64, "weight_decay": 0.01},
+            "export": {"exporters": ["legacy"], "parity_inputs": 64, "latency_batch": 16, "latency_repeats": 5},
+            "gate": {"criteria": _gate(5.0, full=False, bleu=bleu_gate)},
+        }
+        full = {
+            **common,
+            "data": {"val_size": 500, "test_size": 1000, "seed": 13},
+            "model": {"vocab_size": 8000, "d_model": 256, "encoder_layers": 4, "decoder_layers": 4,
+                      "attention_heads": 4, "ffn_dim": 1024, "batch_tokens": 12000, "val_sentences": 500,
+                      "num_beams": 4, "max_new_tokens": 128},
+            "train": {"epochs": 40, "max_steps_per_epoch": 500, "lr": 1e-3, "warmup_ratio": 0.04,
+                      "schedule": "cosine", "patience": 5, "batch_size": 128},
+            "export": {"exporters": ["legacy", "dynamo"], "parity_inputs": 128},
+            "gate": {"criteria": _gate(5.0, full=True, bleu=bleu_gate)},
+        }
+        return {"smoke": smoke, "quick": quick, "full": full}
+
+    # --- data and baselines -------------------------------------------------------
+    def prepare_data(self, cfg: TranslatorConfig, data_dir: Path, pairs: list[Pair] | None = None) -> Splits:
+        d, p = cfg.data, cfg.model
+        try:
+            raw = load_splits(self.name, cache_dir=Path(data_dir) / "translation", seed=d.seed,
+                              val_size=d.val_size, test_size=d.test_size, max_train=d.max_examples, pairs=pairs)
+        except (FileNotFoundError, ValueError) as exc:
+            raise DataError(f"{self.name}: {exc}") from exc
+        tok = train_tokenizer([x.src for x in raw.train] + [x.tgt for x in raw.train], p.vocab_size)
+        state: dict[str, Any] = {"tokenizer": tok, "raw": raw, "dropped": {}}
+        splits = {}
+        for name in ("train", "val", "test"):
+            pairs_ = getattr(raw, name)
+            src = encode_sources(tok, [x.src for x in pairs_])
+            tgt = encode_targets(tok, [x.tgt for x in pairs_], p.max_target_tokens)
+            if name == "train":
+                src = [s[: p.max_source_tokens - 1] + [EOS] if len(s) > p.max_source_tokens else s for s in src]
+                keep = list(range(len(pairs_)))
+            else:  # held-out sources the runtime would refuse are left out (and counted)
+                keep = [i for i, s in enumerate(src) if len(s) <= p.max_source_tokens]
+                state["dropped"][name] = len(pairs_) - len(keep)
+            state[f"{name}_ids"] = ([src[i] for i in keep], [tgt[i] for i in keep])
+            state[f"{name}_origin"] = [pairs_[i].origin for i in keep]
+            splits[name] = Split(x=[pairs_[i].src for i in keep], y=[pairs_[i].tgt for i in keep])
+        dataset = DatasetInfo(
+            source=raw.source_description, licence=raw.licence, fingerprint=raw.fingerprint,
+            split_sizes={k: len(v) for k, v in splits.items()}, seed=d.seed,
+        )
+        return Splits(train=splits["train"], val=splits["val"], test=splits["test"], labels=[], dataset=dataset,
+                      state=state)
+
+    def baselines(self, cfg: TranslatorConfig, splits: Splits) -> dict[str, dict[str, float]]:
+        refs = list(splits.test.y)
+        retrieved = retrieval_translations(list(splits.train.x), list(splits.train.y), list(splits.test.x))
+        return {
+            "retrieval": score(retrieved, refs, self.target_lang),
+            "copy_source": score(list(splits.test.x), refs, self.target_lang),
+        }
+
+    # --- training -----------------------------------------------------------------
+    def build_model(self, cfg: TranslatorConfig, splits: Splits) -> torch.nn.Module:
+        return build_marian(cfg.model, splits.state["tokenizer"].get_vocab_size())
+
+    def batches(self, cfg: TranslatorConfig, splits: Splits, split: str, *, shuffle: bool,
+                seed: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Token-budget batches; the shuffled training stream is endless (reshuffled each pass)."""
+        src, tgt = splits.state[f"{split}_ids"]
+        lengths = [len(s) + len(t) for s, t in zip(src, tgt)]
+        rng = random.Random(seed) if shuffle else None
+        while True:
+            for idx in token_budget_batches(lengths, cfg.model.batch_tokens, rng):
+                yield _to_batch([src[i] for i in idx], [tgt[i] for i in idx])
+            if not shuffle:
+                return
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        from transformers.models.marian.modeling_marian import shift_tokens_right
+
+        labels = batch["labels"]
+        decoder_input_ids = shift_tokens_right(labels, PAD, BOS)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       decoder_input_ids=decoder_input_ids, use_cache=False).logits
+        smoothing = getattr(model, "label_smoothing", 0.0) if model.training else 0.0
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                           ignore_index=-100, label_smoothing=smoothing)
+
+    @torch.no_grad()
+    def validate(self, model: torch.nn.Module, cfg: TranslatorConfig, splits: Splits) -> dict[str, float]:
+        """Validation loss (no smoothing) and greedy chrF/BLEU on the first ``val_sentences``."""
+        model.eval()
+        total, tokens = 0.0, 0
+        for batch in self.batches(cfg, splits, "val", shuffle=False, seed=0):
+            n = int((batch["labels"] != -100).sum())
+            total += float(self.loss(model, batch)) * n
+            tokens += n
+        src, _ = splits.state["val_ids"]
+        n = min(cfg.model.val_sentences, len(src))
+        tok = splits.state["tokenizer"]
+        hyps = torch_generate(model, src[:n], num_beams=1, max_new_tokens=cfg.model.max_new_tokens,
+                              batch_size=cfg.model.eval_batch_size)
+        texts = [tok.decode(h, skip_special_tokens=True) for h in hyps]
+        metrics = score(texts, list(splits.val.y[:n]), self.target_lang)
+        return {**metrics, "loss": total / max(tokens, 1), "neg_loss": -total / max(tokens, 1)}
+
+    # --- export and evaluation ----------------------------------------------------
+    def write_assets(self, model: torch.nn.Module, cfg: TranslatorConfig, splits: Splits, staging: Path) -> Assets:
+        tok = splits.state["tokenizer"]
+        tok.save(str(Path(staging) / TOKENIZER_FILE))
+        p, mc = cfg.model, model.config
+        pre = TranslationPreprocessing(
+            tokenizer_file=TOKENIZER_FILE, source_lang=self.source_lang, target_lang=self.target_lang,
+            max_source_length=p.max_source_tokens, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+            decoder_start_token_id=BOS, unk_token_id=UNK, max_text_chars=1000,
+        )
+        gen = GenerationConfig(
+            num_beams=p.num_beams, max_new_tokens=p.max_new_tokens, length_penalty=p.length_penalty,
+            max_num_beams=8, max_max_new_tokens=min(256, mc.max_position_embeddings - 1),
+            num_decoder_layers=mc.decoder_layers, num_heads=mc.decoder_attention_heads,
+            head_dim=mc.d_model // mc.decoder_attention_heads,
+        )
+        return Assets(preprocessing=pre, postprocessing=Postprocessing(activation="none"), generation=gen)
+
+    def export_graphs(self, model: torch.nn.Module, cfg: TranslatorConfig, splits: Splits) -> list[GraphExport]:
+        model.eval()
+        splits.state["torch_model"] = model  # evaluate() compares the ONNX decoder with torch generate()
+        return export_graphs(model, cfg, splits)
+
+    def evaluate(self, runtime, cfg: TranslatorConfig, splits: Splits) -> Evaluation:
+        return evaluate_runtime(self, runtime, cfg, splits)
+
+    def card_notes(self, cfg: TranslatorConfig, splits: Splits) -> dict[str, str]:
+        raw = splits.state["raw"]
+        dropped = splits.state.get("dropped", {})
+        return {
+            "data": (
+                f"{raw.source_description}. {raw.stats.get('pairs')} cleaned, deduplicated pairs "
+                f"(by origin: {raw.stats.get('by_origin')}); split by source sentence with seed {raw.seed}; "
+                f"held-out sources longer than {cfg.model.max_source_tokens} tokens left out: {dropped}."
+            ),
+            "intended use": (
+                f"{self.source_lang}->{self.target_lang} translation of short sentences and UI strings. "
+                "Models trained with the smoke or quick preset on a 2-core CPU are DEMONSTRATION QUALITY: "
+                "they show the pipeline end to end and beat copying the source, not a usable translator. "
+                "The full preset (GPU) is where translators are meant to be good."
+            ),
+            "limits": (
+                "Trained from scratch on tens of thousands of pairs: dictionary example sentences and software "
+                "UI strings only. Expect wrong words, omissions and repetitions on anything else. Sources longer "
+                f"than {cfg.model.max_source_tokens} tokens are refused, not truncated."
+            ),
+        }
+
+
+# ---------------------------------------------------------------- export helpers
+
+
+def _sample_batches(splits: Splits, n_rows: int, per_batch: int = 8) -> list[list[int]]:
+    src, _ = splits.state["test_ids"]
+    rows = list(range(min(n_rows, len(src))))
+    return [rows[i:i + per_batch] for i in range(0, len(rows), per_batch)]
+
+
+@torch.no_grad()
+def export_graphs(model, cfg: TranslatorConfig, splits: Splits) -> list[GraphExport]:
+    """Encoder, first-step decoder and with-past decoder, with held-out sample inputs for parity."""
+    n = model.config.decoder_layers
+    enc_graph, dec_graph, past_graph = EncoderGraph(model), DecoderGraph(model), DecoderWithPastGraph(model)
+    for g in (enc_graph, dec_graph, past_graph):
+        g.eval()
+    src, tgt = splits.state["test_ids"]
+    enc_in, dec_in, past_in = [], [], []
+    for rows in _sample_batches(splits, cfg.export.parity_inputs):
+        ids, mask = pad([src[i] for i in rows])
+        hidden = enc_graph(ids, mask)
+        # decoder prefix: start token + the first target tokens (teacher forcing), equal length per batch
+        t = max(1, min(4, min(len(tgt[i]) for i in rows)))
+        prefix = torch.tensor([[BOS] + tgt[i][: t - 1] for i in rows], dtype=torch.long)
+        outs = dec_graph(prefix, hidden, mask)
+        nxt = torch.tensor([[tgt[i][t - 1]] for i in rows], dtype=torch.long)
+        np_ = lambda x: x.detach().numpy()  # noqa: E731
+        enc_in.append({"input_ids": np_(ids), "attention_mask": np_(mask)})
+        dec_in.append({"input_ids": np_(prefix), "encoder_hidden_states": np_(hidden), "encoder_attention_mask": np_(mask)})
+        past = {name: np_(x) for name, x in zip(cache_names(n, "past_key_values", "decoder"), outs[1:1 + 2 * n])}
+        past.update({name: np_(x) for name, x in zip(cache_names(n, "past_key_values", "encoder"), outs[1 + 2 * n:])})
+        past_in.append({"input_ids": np_(nxt), "encoder_attention_mask": np_(mask), **past})
+    self_present = cache_names(n, "present", "decoder")
+    cross_present = cache_names(n, "present", "encoder")
+    self_past = cache_names(n, "past_key_values", "decoder")
+    cross_past = cache_names(n, "past_key_values", "encoder")
+    src_axes = {0: "batch", 1: "source"}
+    return [
+        GraphExport(
+            role="encoder", module=enc_graph, input_names=["input_ids", "attention_mask"],
+            output_names=["encoder_hidden_states"],
+            dynamic_axes={"input_ids": src_axes, "attention_mask": src_axes, "encoder_hidden_states": src_axes},
+            sample_inputs=enc_in,
+        ),
+        GraphExport(
+            role="decoder", module=dec_graph,
+            input_names=["input_ids", "encoder_hidden_states", "encoder_attention_mask"],
+            output_names=["logits", *self_present, *cross_present],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "target"}, "encoder_hidden_states": src_axes,
+                "encoder_attention_mask": src_axes, "logits": {0: "batch", 1: "target"},
+                **{k: {0: "batch", 2: "target"} for k in self_present},
+                **{k: {0: "batch", 2: "source"} for k in cross_present},
+            },
+            sample_inputs=dec_in,
+        ),
+        GraphExport(
+            role="decoder_with_past", module=past_graph,
+            input_names=["input_ids", "encoder_attention_mask", *self_past, *cross_past],
+            output_names=["logits", *self_present],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "step"}, "encoder_attention_mask": src_axes,
+                "logits": {0: "batch", 1: "step"},
+                **{k: {0: "batch", 2: "past"} for k in self_past},
+                **{k: {0: "batch", 2: "source"} for k in cross_past},
+                **{k: {0: "batch", 2: "past_plus_step"} for k in self_present},
+            },
+            sample_inputs=past_in,
+        ),
+    ]
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def decode_all(runtime, sources: list[list[int]], *, num_beams: int, max_new_tokens: int, length_penalty: float,
+               batch_size: int, use_cache: bool = True):
+    """Runtime hypotheses for every source, batched by similar length, returned in input order."""
+    order = np.argsort([len(s) for s in sources], kind="stable")
+    out = [None] * len(sources)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        hyps = runtime.generate_ids([sources[i] for i in idx], num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                    length_penalty=length_penalty, use_cache=use_cache)
+        for i, h in zip(idx, hyps):
+            out[i] = h
+    return out
+
+
+def token_agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    return float(np.mean([x == y for x, y in zip(a, b)])) if a else float("nan")
+
+
+def generate_parity(model, runtime, sources: list[list[int]], p: TranslatorParams) -> dict[str, float]:
+    """Share of sources whose ONNX token ids equal torch generate()'s: greedy at batch 1 and 16, beam at 16."""
+    out = {}
+    for label, beams, bs in (("greedy_b1", 1, 1), ("greedy_b16", 1, 16), ("beam_b16", p.num_beams, 16)):
+        ref = torch_generate(model, sources, num_beams=beams, max_new_tokens=p.max_new_tokens,
+                             length_penalty=p.length_penalty, batch_size=bs)
+        got = []
+        for i in range(0, len(sources), bs):
+            got += [h.tokens for h in runtime.generate_ids(sources[i:i + bs], num_beams=beams,
+                                                           max_new_tokens=p.max_new_tokens,
+                                                           length_penalty=p.length_penalty)]
+        out[f"torch_match_{label}"] = token_agreement(ref, got)
+    return out
+
+
+def evaluate_runtime(family: TranslatorFamily, runtime, cfg: TranslatorConfig, splits: Splits) -> Evaluation:
+    """Test chrF/BLEU through the runtime: default decoding (headline), greedy and beam; per-origin chrF."""
+    p = cfg.model
+    src, _ = splits.state["test_ids"]
+    refs = list(splits.test.y)
+    origins = splits.state["test_origin"]
+    metrics: dict[str, float] = {}
+    texts_by_mode: dict[str, list[str]] = {}
+    default = "beam" if p.num_beams > 1 else "greedy"
+    # the default decoding goes through predict() itself: its features are the reference profile
+    order = np.argsort([len(s) for s in src], kind="stable")
+    results: list[dict] = [{}] * len(src)
+    for start in range(0, len(order), p.eval_batch_size):
+        idx = order[start:start + p.eval_batch_size]
+        for i, r in zip(idx, runtime.predict([src[i] for i in idx], num_beams=p.num_beams,
+                                             max_new_tokens=p.max_new_tokens, length_penalty=p.length_penalty)):
+            results[i] = r
+    texts_by_mode[default] = [r["translation"] for r in results]
+    features = [r["features"] for r in results]
+    if default == "beam":
+        hyps = decode_all(runtime, src, num_beams=1, max_new_tokens=p.max_new_tokens,
+                          length_penalty=p.length_penalty, batch_size=p.eval_batch_size)
+        texts_by_mode["greedy"] = [runtime.detokenize(h.tokens) for h in hyps]
+    else:
+        texts_by_mode["beam"] = texts_by_mode["greedy"]
+    for mode, texts in texts_by_mode.items():
+        for k, v in score(texts, refs, family.target_lang).items():
+            metrics[f"{k}_{mode}"] = v
+    metrics["chrf"], metrics["bleu"] = metrics[f"chrf_{default}"], metrics[f"bleu_{default}"]
+    if len(set(origins)) > 1:
+        for origin in sorted(set(origins)):
+            idx = [i for i, o in enumerate(origins) if o == origin]
+            sub = score([texts_by_mode[default][i] for i in idx], [refs[i] for i in idx], family.target_lang)
+            metrics[f"chrf_{origin}"] = sub["chrf"]
+    model = splits.state.get("torch_model")
+    if model is not None:
+        metrics.update(generate_parity(model, runtime, src[: p.parity_sentences], p))
+    samples = [{"source": splits.test.x[i], "reference": refs[i], "translation": texts_by_mode[default][i]}
+               for i in range(min(20, len(refs)))]
+    return Evaluation(metrics=metrics, predictions=texts_by_mode[default], features=features,
+                      details={"samples": samples, "decoding": default})
+
+
+MODELS: dict[str, Family] = {name: TranslatorFamily(name) for name in ("de-en", "en-ko")}
