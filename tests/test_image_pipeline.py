@@ -1,0 +1,172 @@
+"""The ViT family end to end on smoke data: one training step, export parity, the served runtime."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modelkit import registry
+from modelkit.image import encode_png
+from modelkit.manifest import Manifest
+from modelkit.onnx_session import SessionSettings
+from modelkit.runtimes import create_runtime
+from modelkit.runtimes.base import InputError
+from training.config import validate_config
+from training.data import fashion
+from training.families.vit import MODELS, ViTModelConfig, augment
+from training.pipeline import run_model
+
+pytestmark = pytest.mark.skipif(not fashion.DEFAULT_DIR.is_dir(), reason="Debian dataset-fashion-mnist not installed")
+
+FEATURES = {"mean_intensity", "contrast", "predicted_class", "top_confidence"}
+
+
+def smoke_config(**train) -> ViTModelConfig:
+    family = MODELS["fashion"]
+    raw = family.presets()["smoke"]
+    raw["train"] = {**raw["train"], **train}
+    return validate_config("fashion", ViTModelConfig, raw)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """The fashion model trained with the smoke preset and published to a temporary registry."""
+    root = tmp_path_factory.mktemp("registry")
+    result = run_model(
+        "fashion", MODELS["fashion"], smoke_config(), registry_root=root,
+        data_dir=tmp_path_factory.mktemp("data"), preset="smoke", command="pytest",
+    )
+    return root, result
+
+
+def test_one_training_step_lowers_the_loss_on_its_batch(tmp_path):
+    family = MODELS["fashion"]
+    cfg = smoke_config()
+    splits = family.prepare_data(cfg, tmp_path)
+    torch.manual_seed(0)
+    model = family.build_model(cfg, splits)
+    batch = next(iter(family.batches(cfg, splits, "train", shuffle=True, seed=1)))
+    assert batch["pixel_values"].shape == (cfg.train.batch_size, 1, 28, 28)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    before = family.loss(model, batch)
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after = family.loss(model, batch)
+    assert torch.isfinite(before) and after.item() < before.item()
+    metrics = family.validate(model, cfg, splits)
+    assert set(metrics) >= {"accuracy", "macro_f1"} and 0 <= metrics["accuracy"] <= 1
+
+
+def test_augment_flips_and_shifts_with_edge_padding():
+    x = torch.arange(2 * 1 * 4 * 5, dtype=torch.float32).reshape(2, 1, 4, 5)
+    same = augment(x, torch.Generator().manual_seed(0), flip=False, max_shift=0)
+    assert torch.equal(same, x)
+    outs = [augment(x, torch.Generator().manual_seed(s), flip=True, max_shift=1) for s in range(20)]
+    assert any(not torch.equal(o, x) for o in outs)
+    for o in outs:
+        assert o.shape == x.shape
+        for i in range(2):
+            # every output is a (possibly flipped) shift of the input by at most one pixel, edges repeated
+            candidates = []
+            for img in (x[i, 0], x[i, 0].flip(1)):
+                padded = torch.nn.functional.pad(img[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
+                candidates += [padded[dy : dy + 4, dx : dx + 5] for dy in range(3) for dx in range(3)]
+            assert any(torch.equal(o[i, 0], c) for c in candidates)
+
+
+def test_published_manifest_parity_and_files(published):
+    root, result = published
+    version_dir = root / "fashion" / result.version
+    manifest = Manifest.load(version_dir / "manifest.json")
+    registry.verify_files(manifest, version_dir)
+    assert manifest.task == "image-classification" and manifest.labels == fashion.LABELS
+    assert manifest.preprocessing.kind == "image" and manifest.preprocessing.invert is True
+    assert sorted(manifest.variants()) == ["fp32", "int8"]
+    fp32 = next(p for p in manifest.parity if p.variant == "fp32")
+    assert fp32.passed and fp32.n_inputs >= 256 and fp32.max_abs_diff <= 1e-4
+    assert set(manifest.exporters.latency_ms) == {"legacy", "dynamo"}
+    assert {"accuracy", "macro_f1"} <= set(manifest.metrics["fp32"]) and "accuracy" in manifest.metrics["int8"]
+    assert "logreg_pixels" in manifest.baseline_metrics
+    assert set(manifest.reference_profile.features) == FEATURES
+    assert manifest.reference_profile.features["predicted_class"].categories == fashion.LABELS
+    names = {f.path for f in manifest.files}
+    assert {"model.onnx", "model.int8.onnx", "MODEL_CARD.md", "plots/confusion_matrix.png"} <= names
+    samples = json.loads((version_dir / "samples" / "labels.json").read_text())
+    assert sorted(samples.values()) == sorted(fashion.LABELS)
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_runtime_predicts_sample_images(published, variant):
+    root, result = published
+    version_dir = root / "fashion" / result.version
+    manifest = Manifest.load(version_dir / "manifest.json")
+    runtime = create_runtime(manifest, version_dir, SessionSettings(provider="cpu", variant=variant))
+    runtime.load()
+    runtime.warmup()
+    samples = json.loads((version_dir / "samples" / "labels.json").read_text())
+    items = [runtime.validate((version_dir / "samples" / name).read_bytes()) for name in samples]
+    out = runtime.predict(items, top_k=3)
+    assert len(out) == len(samples)
+    for r in out:
+        assert [set(x) for x in r["labels"]] == [{"label", "score"}] * 3
+        scores = [x["score"] for x in r["labels"]]
+        assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
+        assert all(x["label"] in manifest.labels for x in r["labels"])
+        assert set(r["features"]) == FEATURES
+        assert r["features"]["predicted_class"] == r["labels"][0]["label"]
+        assert r["features"]["top_confidence"] == pytest.approx(scores[0])
+        assert 0 <= r["features"]["mean_intensity"] <= 1 and r["features"]["contrast"] >= 0
+    assert set(runtime.last_timings) == {"preprocess", "inference", "postprocess"}
+    # the default answer has 5 labels whose scores are a softmax slice
+    full = runtime.predict(items[:1], top_k=len(manifest.labels))[0]["labels"]
+    assert sum(x["score"] for x in full) == pytest.approx(1.0, abs=1e-5)
+    assert len(runtime.predict(items[:1])[0]["labels"]) == 5
+    assert runtime.predict([]) == []
+
+
+def test_runtime_matches_onnx_on_decoded_arrays_and_bytes(published):
+    root, result = published
+    version_dir = root / "fashion" / result.version
+    manifest = Manifest.load(version_dir / "manifest.json")
+    runtime = create_runtime(manifest, version_dir, SessionSettings(provider="cpu"))
+    runtime.load()
+    img = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    a = runtime.predict([runtime.validate(img)], top_k=10)[0]
+    b = runtime.predict([runtime.validate(encode_png(img))], top_k=10)[0]
+    assert a == b
+
+
+def test_runtime_input_errors(published):
+    root, result = published
+    version_dir = root / "fashion" / result.version
+    manifest = Manifest.load(version_dir / "manifest.json")
+    runtime = create_runtime(manifest, version_dir)
+    runtime.load()
+    cases = [
+        (b"not an image", 415),
+        (b"", 422),
+        (b"\x00" * (manifest.preprocessing.max_bytes + 1), 413),
+        ("text", 422),
+        (np.zeros((28, 28), dtype=np.float64), 422),
+    ]
+    for item, status in cases:
+        with pytest.raises(InputError) as err:
+            runtime.validate(item)
+        assert (err.value.field, err.value.status) == ("image", status), item[:20]
+    buf = io.BytesIO()
+    Image.new("L", (5000, 4000)).save(buf, format="PNG")  # 20 Mpx, small file
+    with pytest.raises(InputError, match="limit is 16777216 pixels") as err:
+        runtime.validate(buf.getvalue())
+    assert err.value.status == 413
+    item = runtime.validate(encode_png(np.zeros((28, 28), np.uint8)))
+    for bad in (0, 11, "3", True):
+        with pytest.raises(InputError) as err:
+            runtime.predict([item], top_k=bad)
+        assert err.value.field == "top_k" and err.value.status == 422
