@@ -55,6 +55,12 @@ MODEL_STATUSES = ("loading", "ready", "failed")
 STAGES = ("queue_wait", "preprocess", "inference", "postprocess")
 INPUT_SIZE_KINDS = ("tokens", "pixels", "generated_tokens")
 OTHER_BIN = "(other)"
+INPUT_SIZES_BY_TASK = {
+    "text-classification": ("tokens",),
+    "multi-label-classification": ("tokens",),
+    "image-classification": ("pixels",),
+    "translation": ("tokens", "generated_tokens"),
+}
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -215,7 +221,20 @@ class ServiceMetrics:
             return self._profiles[key]
 
     def _build_profile(self, model: str, version: str, manifest: Manifest) -> dict[str, Any]:
-        """Per feature: bins and their counter children (created at 0), and the reference gauges."""
+        """Per feature: bins and their counter children (created at 0), and the reference gauges.
+
+        The model's other series are created at 0 too, so ``rate()`` counts their first increments.
+        """
+        for child in (self.items, self.batches, self.batch_size):
+            child.labels(model, version)
+        for stage in STAGES:
+            self.stage_duration.labels(model, version, stage)
+        for kind in INPUT_SIZES_BY_TASK.get(manifest.task, ()):
+            self.input_size.labels(model, version, kind)
+        for label in manifest.labels:
+            self.predictions.labels(model, version, label)
+        if manifest.labels:
+            self.confidence.labels(model, version)
         profile: dict[str, Any] = {}
         for feature, hist in manifest.reference_profile.features.items():
             bins = [f"{b:02d}" for b in range(len(hist.fractions))]
