@@ -187,3 +187,32 @@ def test_image_folder_same_image_two_labels(tmp_path):
     (root / "shirt" / "copy.png").write_bytes((root / "boot" / "1.png").read_bytes())
     with pytest.raises(DataError, match="same image as .* labelled 'shirt' vs 'boot'"):
         load_image_folder(root, PREP)
+
+
+# --- through the family (config -> data) ------------------------------------------------
+
+
+def test_family_reads_a_user_folder_with_its_own_size_and_channels(tmp_path):
+    from training.config import ConfigError, validate_config
+    from training.families.vit import MODELS, ViTModelConfig
+
+    root = make_folder(tmp_path / "data", per_label=10, labels=("cat", "dog", "fox"))
+    family = MODELS["fashion"]
+    raw = family.presets()["smoke"]
+    raw["data"] = {"path": str(root), "val_fraction": 0.2, "test_fraction": 0.2}
+    raw["model"] = {**raw["model"], "image_size": 16, "channels": 3, "patch_size": 4}
+    cfg = validate_config("fashion", ViTModelConfig, raw)
+    splits = family.prepare_data(cfg, tmp_path)
+    prep = splits.state["prep"]
+    assert splits.labels == ["cat", "dog", "fox"]
+    assert (prep.image_size, prep.channels, prep.invert) == (16, 3, False)
+    assert len(prep.mean) == len(prep.std) == 3
+    assert family.tensors(splits, "train").shape == (len(splits.train), 3, 16, 16)
+    assert splits.dataset.source.startswith("image folder")
+
+    raw["data"] = {}
+    with pytest.raises(ConfigError, match="28x28 greyscale"):
+        family.prepare_data(validate_config("fashion", ViTModelConfig, raw), tmp_path)
+    raw["model"]["patch_size"] = 5
+    with pytest.raises(ConfigError, match="not a multiple of patch_size"):
+        validate_config("fashion", ViTModelConfig, raw)
