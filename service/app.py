@@ -35,7 +35,13 @@ def _configure_logging() -> None:
         logger.propagate = False
 
 
-@bentoml.service(name="modelserve", workers=SETTINGS.workers, traffic={"timeout": 120})
+@bentoml.service(
+    name="modelserve",
+    workers=SETTINGS.workers,
+    traffic={"timeout": SETTINGS.request_timeout_s},
+    logging={"access": {"enabled": SETTINGS.access_log}},
+    metrics={"enabled": SETTINGS.bentoml_metrics},
+)
 @bentoml.asgi_app(api, path="/")
 class ModelService:
     """Serves every model of the registry over HTTP (see GET /models)."""

@@ -51,6 +51,9 @@ class ServiceSettings(BaseSettings):
     max_items_per_request: int = Field(64, ge=1, description="texts/images in one request; more is 413")
     max_request_bytes: int = Field(32_000_000, ge=1024, description="request body size; more is 413")
     warmup: bool = True
+    access_log: bool = Field(False, description="BentoML per-request access log lines (costs CPU per request)")
+    bentoml_metrics: bool = Field(True, description="BentoML's own bentoml_service_* request metrics")
+    request_timeout_s: float = Field(120.0, gt=0, description="BentoML request timeout")
 
     @classmethod
     def settings_customise_sources(

@@ -15,7 +15,7 @@ log = logging.getLogger("service.telemetry")
 
 # feature names runtimes use for input sizes (first one present wins), by metrics size kind
 _SIZE_FEATURES = {
-    "tokens": ("num_tokens", "token_count", "n_tokens", "length_tokens", "source_tokens", "tokens"),
+    "tokens": ("token_count", "num_tokens", "n_tokens", "length_tokens", "source_tokens", "tokens"),
     "generated_tokens": ("generated_tokens", "num_generated_tokens", "output_tokens", "target_tokens"),
 }
 _warned: set[str] = set()
