@@ -1,0 +1,88 @@
+"""One training step per text family, the generic trainer's log/plots/early stop, export parity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from modelkit.onnx_session import SessionSettings, open_session
+from training.config import validate_config
+from training.export import export_all
+from training.families.text_classifier import MODELS, TextClassifierConfig
+from training.trainer import seed_everything, train
+
+
+def _prepared(name, data_path, tmp_path, **train):
+    fam = MODELS[name]
+    raw = fam.presets()["smoke"]
+    raw["data"] = {**raw.get("data", {}), "path": str(data_path)}
+    raw["train"] = {**raw["train"], **train}
+    cfg = validate_config(name, TextClassifierConfig, raw)
+    splits = fam.prepare_data(cfg, tmp_path)
+    seed_everything(cfg.train.seed)
+    return fam, cfg, splits, fam.build_model(cfg, splits)
+
+
+@pytest.mark.parametrize("name, kind", [("sentiment", "single"), ("topics", "multi")])
+def test_one_training_step_reduces_loss_on_its_batch(name, kind, tiny_text_data, tmp_path):
+    fam, cfg, splits, model = _prepared(name, tiny_text_data[kind], tmp_path)
+    batch = next(iter(fam.batches(cfg, splits, "train", shuffle=True, seed=0)))
+    assert batch["input_ids"].shape[0] == cfg.train.batch_size
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    before = fam.loss(model, batch)
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        model.eval()
+        after = fam.loss(model, batch)
+    assert torch.isfinite(before) and after.item() < before.item()
+
+
+def test_trainer_logs_every_epoch_keeps_best_and_stops_early(tiny_text_data, tmp_path):
+    fam, cfg, splits, model = _prepared(
+        "sentiment", tiny_text_data["single"], tmp_path, epochs=6, lr=1e-9, patience=1, max_steps_per_epoch=2
+    )
+    # lr 1e-9: the metric cannot improve after epoch 1, so patience 1 stops at epoch 2
+    result = train(fam, model, cfg, splits, log_path=tmp_path / "log.jsonl", plots_dir=tmp_path / "plots", label="t")
+    lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert result.stopped_early and result.epochs_run == 2 == len(lines)
+    assert lines[0]["best"] and {"epoch", "train_loss", "val_macro_f1", "val_loss", "lr", "seconds"} <= set(lines[0])
+    assert result.best_epoch == 1
+    assert (tmp_path / "plots" / "curves.png").stat().st_size > 1000
+
+
+def test_trainer_learns_the_tiny_task(tiny_text_data, tmp_path):
+    fam, cfg, splits, model = _prepared(
+        "sentiment", tiny_text_data["single"], tmp_path, epochs=8, lr=3e-3, max_steps_per_epoch=None, patience=8
+    )
+    result = train(fam, model, cfg, splits, log_path=tmp_path / "log.jsonl", plots_dir=tmp_path / "p", label="t")
+    assert result.best_metric > 0.8  # word cues make this easy; chance is ~0.33
+
+
+def test_export_parity_both_exporters_and_int8(tiny_text_data, tmp_path):
+    fam, cfg, splits, model = _prepared("topics", tiny_text_data["multi"], tmp_path)
+    model.eval()
+    graphs = fam.export_graphs(model, cfg, splits)
+    staging = tmp_path / "stage"
+    staging.mkdir()
+    result = export_all(graphs, cfg.export, staging, log=lambda *_: None)
+    assert set(result.exporters.latency_ms) == {"legacy", "dynamo"}
+    fp32, int8 = result.parity
+    assert fp32.passed and fp32.max_abs_diff <= 1e-4 and fp32.n_inputs == len(splits.test)
+    assert int8.variant == "int8" and int8.top1_agreement is not None
+    assert sorted(p.name for p in staging.iterdir()) == ["model.int8.onnx", "model.onnx"]  # one file per graph
+    spec = result.graphs[0]
+    assert spec.opset >= 17 and [i.name for i in spec.inputs] == ["input_ids", "attention_mask"]
+    assert all(isinstance(d, str) for d in spec.inputs[0].shape)  # dynamic batch and sequence
+    # the kept graph agrees with torch on a batch size and length it was not exported with
+    session, _ = open_session(staging / "model.onnx", SessionSettings(provider="cpu"))
+    enc = splits.state["encoder"]
+    ids, mask = enc.pad(splits.state["encoded"]["val"][:3])
+    with torch.no_grad():
+        ref = graphs[0].module(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    got = session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
+    assert np.max(np.abs(ref - got)) <= 1e-4
