@@ -35,6 +35,7 @@ CORPORA: dict[str, dict] = {
 }
 
 MAX_CHARS = 300
+CLEANING_VERSION = 2  # bump when a cleaning or filter rule changes: cached pairs are rebuilt
 
 
 @dataclass(frozen=True)
@@ -65,15 +66,16 @@ class TranslationSplits:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
     @property
-    def licence(self) -> str:
-        return " + ".join(sorted({LICENCES[s] for s in self.sources}))
+    def licence(self) -> str | None:
+        known = {LICENCES[s] for s in self.sources if s in LICENCES}
+        return " + ".join(sorted(known)) if known else None
 
     @property
     def source_description(self) -> str:
         names = {"ding": "Debian trans-de-en (Ding dictionary example sentences)",
                  "lo-de": "LibreOffice 7.4 German UI catalogues (libreoffice-l10n-de)",
                  "lo-ko": "LibreOffice 7.4 Korean UI catalogues (libreoffice-l10n-ko)"}
-        return "; ".join(names[s] for s in self.sources)
+        return "; ".join(names.get(s, f"user file {s}") for s in self.sources)
 
 
 # ---------------------------------------------------------------- cleaning rules
@@ -119,7 +121,7 @@ def is_translation(src: str, tgt: str, target_lang: str) -> bool:
     """Keep pairs that look like a real translation of running text.
 
     Drops empty strings, strings without letters, untranslated copies, Korean targets
-    without Hangul, and pairs whose character lengths differ by more than 4x.
+    without Hangul, and (unless both are short) pairs whose character lengths differ by more than 5x.
     """
     if not src or not tgt or len(src) > MAX_CHARS or len(tgt) > MAX_CHARS:
         return False
@@ -130,7 +132,7 @@ def is_translation(src: str, tgt: str, target_lang: str) -> bool:
     if target_lang == "ko" and not _HANGUL.search(tgt):
         return False
     ratio = len(tgt) / len(src)
-    return 0.25 <= ratio <= 4.0 if min(len(src), len(tgt)) > 8 else True
+    return 0.2 <= ratio <= 5.0 if max(len(src), len(tgt)) > 12 else True
 
 
 def is_sentence(text: str, min_words: int = 4) -> bool:
@@ -216,6 +218,36 @@ def read_libreoffice(lang: str, cache_dir: Path) -> list[Pair]:
     return pairs
 
 
+def read_pairs_file(path: Path) -> list[Pair]:
+    """User pairs: TSV (source<TAB>target) or JSONL ({"source": ..., "target": ...}).
+
+    Raises ValueError naming the file and line of a malformed row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if path.suffix == ".jsonl":
+                try:
+                    row = json.loads(line)
+                    src, tgt = row["source"], row["target"]
+                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise ValueError(f"{path}:{n}: expected {{\"source\": ..., \"target\": ...}} ({exc})") from None
+            else:
+                cols = line.rstrip("\n").split("\t")
+                if len(cols) != 2:
+                    raise ValueError(f"{path}:{n}: expected 2 tab-separated columns, got {len(cols)}")
+                src, tgt = cols
+            if not isinstance(src, str) or not isinstance(tgt, str) or not src.strip() or not tgt.strip():
+                raise ValueError(f"{path}:{n}: empty source or target")
+            pairs.append(Pair(normalise_space(src), normalise_space(tgt), path.name))
+    return dedupe(pairs)
+
+
 # ---------------------------------------------------------------- corpus assembly
 
 
@@ -241,7 +273,7 @@ def dedupe(pairs: list[Pair]) -> list[Pair]:
 def collect_pairs(name: str, cache_dir: Path) -> list[Pair]:
     """All cleaned, filtered, deduplicated pairs of one model's corpus (cached as JSONL)."""
     spec = CORPORA[name]
-    cache_file = cache_dir / f"{name}.pairs.jsonl"
+    cache_file = cache_dir / f"{name}.pairs.v{CLEANING_VERSION}.jsonl"
     if cache_file.is_file():
         with open(cache_file, encoding="utf-8") as f:
             return [Pair(**json.loads(line)) for line in f]
@@ -312,8 +344,8 @@ def load_splits(
 ) -> TranslationSplits:
     """Prepared, leakage-checked, fingerprinted splits of ``name`` (``de-en`` or ``en-ko``).
 
-    ``pairs`` replaces the real corpus (tests pass tiny hand-made data); ``max_train``
-    caps the training split (smoke preset).
+    ``pairs`` replaces the built-in corpus (a user's file, see :func:`read_pairs_file`);
+    ``max_train`` caps the training split (smoke preset).
     """
     if name not in CORPORA:
         raise KeyError(f"unknown translation corpus {name!r}; have {sorted(CORPORA)}")
@@ -324,7 +356,8 @@ def load_splits(
         train = train[:max_train]
     splits = TranslationSplits(
         name=name, source_lang=spec["source_lang"], target_lang=spec["target_lang"],
-        train=train, val=val, test=test, seed=seed, sources=tuple(spec["sources"]),
+        train=train, val=val, test=test, seed=seed,
+        sources=tuple(spec["sources"]) if pairs is None else tuple(sorted({p.origin for p in all_pairs})),
     )
     check_no_leakage(splits)
     splits.fingerprint = fingerprint(splits)
