@@ -1,0 +1,128 @@
+"""Helpers for the service tests: a real ``bentoml serve`` subprocess on a free port."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENTOML = Path(sys.executable).with_name("bentoml")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """A running ``bentoml serve service.app:ModelService``; ``log()`` returns its output so far."""
+
+    def __init__(self, proc: subprocess.Popen, url: str, log_path: Path):
+        self.proc = proc
+        self.url = url
+        self.log_path = log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def client(self, timeout: float = 60.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+
+@contextmanager
+def serve(registry: Path, workdir: Path, *, env: dict[str, str] | None = None, ready_timeout: float = 120.0):
+    """Start the service against ``registry``; wait for /readyz; stop it (process group) afterwards."""
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "serve.log"
+    full_env = {
+        **os.environ,
+        "MODEL_REGISTRY": str(registry),
+        "BENTOML_HOME": str(workdir / "bentoml_home"),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [str(BENTOML), "serve", "service.app:ModelService", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {proc.returncode}:\n{server.log()[-4000:]}")
+            try:
+                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"service not ready after {ready_timeout} s:\n{server.log()[-4000:]}")
+            time.sleep(0.3)
+        yield server
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def copy_model(src_root: Path, name: str, dst_root: Path, new_name: str | None = None) -> Path:
+    """Copy ``name``'s LATEST version into ``dst_root`` (renamed in folder and manifest); returns the version dir."""
+    version = (src_root / name / "LATEST").read_text().strip()
+    new_name = new_name or name
+    dst = dst_root / new_name / version
+    shutil.copytree(src_root / name / version, dst)
+    (dst_root / new_name / "LATEST").write_text(version + "\n")
+    if new_name != name:
+        manifest_path = dst / "manifest.json"
+        data = json.loads(manifest_path.read_text())
+        data["name"] = new_name
+        manifest_path.write_text(json.dumps(data, indent=2))
+    return dst
+
+
+def names_by_task(registry: Path) -> dict[str, str]:
+    """First model name (sorted) per task in a registry."""
+    found: dict[str, str] = {}
+    for latest in sorted(registry.glob("*/LATEST")):
+        manifest = json.loads((latest.parent / latest.read_text().strip() / "manifest.json").read_text())
+        found.setdefault(manifest["task"], latest.parent.name)
+    return found
+
+
+def model_graph(version_dir: Path) -> Path:
+    """The fp32 ``model`` (or ``encoder``) graph file of a version."""
+    data = json.loads((version_dir / "manifest.json").read_text())
+    for role in ("model", "encoder"):
+        for g in data["graphs"]:
+            if g["role"] == role and g["variant"] == "fp32":
+                return version_dir / g["path"]
+    raise LookupError(f"no fp32 graph in {version_dir}")
+
+
+@pytest.fixture(scope="session")
+def smoke_models(request) -> Path:
+    """The session's smoke registry; ``SERVICE_TEST_REGISTRY`` reuses one built earlier (skips ~3 min of training)."""
+    prebuilt = os.environ.get("SERVICE_TEST_REGISTRY")
+    if prebuilt:
+        return Path(prebuilt)
+    return request.getfixturevalue("smoke_registry")
