@@ -30,7 +30,10 @@ def numeric_histogram(values: Sequence[float], bins: int = 10, *, edges: Sequenc
     if edges is None:
         e = np.unique(np.quantile(v, np.linspace(0, 1, bins + 1)))
         if e.size < 2:
-            e = np.array([e[0] - 0.5, e[0] + 0.5])
+            # Constant on held-out data (e.g. an unknown-token rate of 0): one bin for that value and
+            # one on each side, so live values that differ land in a reference-empty bin (drift).
+            d = max(1e-9, 1e-6 * abs(e[0]))
+            e = np.array([e[0] - 0.5, e[0] - d, e[0] + d, e[0] + 0.5])
     else:
         e = np.asarray(edges, dtype=float)
     counts = np.bincount(bin_indices(v, e), minlength=e.size - 1)

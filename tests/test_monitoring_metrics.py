@@ -211,3 +211,11 @@ def test_multiprocess_workers_sum_and_gauges_have_no_pid(tmp_path):
     assert value("modelserve_model_info", model="demo", version="v1", task="text-classification",
                  provider="CPUExecutionProvider", status="ready") == 1
     assert value("modelserve_requests_in_flight", endpoint="classify") == 0
+
+
+def test_a_feature_constant_on_held_out_data_still_detects_drift():
+    """E.g. an unknown-token rate of 0 on every held-out sentence: other live values must stand out."""
+    hist = profile.numeric_histogram([0.0] * 200)
+    assert profile.psi(hist.fractions, profile.live_fractions([0.0] * 300, hist)) == pytest.approx(0)
+    shifted = profile.live_fractions([0.0] * 100 + [0.4] * 200, hist)
+    assert profile.psi(hist.fractions, shifted) > 1
