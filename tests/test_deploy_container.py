@@ -111,9 +111,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def readable_registry(smoke_registry):
-    """A copy of the smoke registry the container's non-root user can read (pytest dirs are 0700)."""
-    src = Path(getattr(smoke_registry, "root", smoke_registry))
+def readable_registry(request):
+    """A copy of the smoke registry the container's non-root user can read (pytest dirs are 0700).
+
+    MODELSERVE_DEPLOY_REGISTRY=<registry root> tests the image against that registry instead
+    (e.g. ``exported/`` before shipping it).
+    """
+    chosen = os.environ.get("MODELSERVE_DEPLOY_REGISTRY")
+    src = Path(chosen) if chosen else Path(request.getfixturevalue("smoke_registry"))
     parent = Path(tempfile.mkdtemp(prefix="msreg-"))
     os.chmod(parent, 0o755)
     dest = parent / "registry"
