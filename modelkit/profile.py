@@ -28,12 +28,13 @@ def numeric_histogram(values: Sequence[float], bins: int = 10, *, edges: Sequenc
     if v.size == 0:
         raise ValueError("cannot profile an empty feature")
     if edges is None:
-        e = np.unique(np.quantile(v, np.linspace(0, 1, bins + 1)))
-        if e.size < 2:
-            # Constant on held-out data (e.g. an unknown-token rate of 0): one bin for that value and
-            # one on each side, so live values that differ land in a reference-empty bin (drift).
-            d = max(1e-9, 1e-6 * abs(e[0]))
-            e = np.array([e[0] - 0.5, e[0] - d, e[0] + d, e[0] + 0.5])
+        u, repeats = np.unique(np.quantile(v, np.linspace(0, 1, bins + 1)), return_counts=True)
+        # A value holding several quantiles (e.g. an unknown-token rate that is mostly 0) gets a bin
+        # of its own, so live values just above it show as drift instead of merging into its bin.
+        d = np.maximum(1e-9, 1e-6 * np.abs(u))
+        e = np.unique(np.concatenate([u, u[repeats > 1] + d[repeats > 1]]))
+        if e.size < 3:  # constant on held-out data: its value's bin and one open bin on each side
+            e = np.array([u[0] - 0.5, u[0], u[0] + d[0], u[0] + 0.5])
     else:
         e = np.asarray(edges, dtype=float)
     counts = np.bincount(bin_indices(v, e), minlength=e.size - 1)

@@ -219,3 +219,13 @@ def test_a_feature_constant_on_held_out_data_still_detects_drift():
     assert profile.psi(hist.fractions, profile.live_fractions([0.0] * 300, hist)) == pytest.approx(0)
     shifted = profile.live_fractions([0.0] * 100 + [0.4] * 200, hist)
     assert profile.psi(hist.fractions, shifted) > 1
+
+
+def test_a_feature_mostly_constant_on_held_out_data_keeps_its_mass_point_apart():
+    rng = np.random.default_rng(0)
+    held_out = np.concatenate([np.zeros(950), rng.uniform(0.01, 0.1, 50)])
+    hist = profile.numeric_histogram(held_out)
+    same = profile.live_fractions(np.concatenate([np.zeros(475), rng.uniform(0.01, 0.1, 25)]), hist)
+    assert profile.psi(hist.fractions, same) < 0.02
+    shifted = profile.live_fractions(rng.uniform(0.2, 0.7, 300), hist)  # e.g. wrong-language input
+    assert profile.psi(hist.fractions, shifted) > 1
