@@ -37,6 +37,7 @@ from ..family import Assets, DataError, Evaluation, Family, GraphExport, Split, 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 TOKENIZER_FILE = "tokenizer.json"
+TORCH_DIR = "torch"
 
 
 # ---------------------------------------------------------------- configuration
@@ -517,6 +518,9 @@ class TranslatorFamily(Family):
     def write_assets(self, model: torch.nn.Module, cfg: TranslatorConfig, splits: Splits, staging: Path) -> Assets:
         tok = splits.state["tokenizer"]
         tok.save(str(Path(staging) / TOKENIZER_FILE))
+        # the torch weights travel with the version (not used by serving): the decoding benchmark
+        # and later parity re-checks compare the ONNX graphs with torch generate() on them
+        model.save_pretrained(str(Path(staging) / TORCH_DIR))
         p, mc = cfg.model, model.config
         pre = TranslationPreprocessing(
             tokenizer_file=TOKENIZER_FILE, source_lang=self.source_lang, target_lang=self.target_lang,
