@@ -5,7 +5,7 @@
 #   CPU:           BASE_IMAGE = a Debian/Ubuntu image,      ORT_FLAVOUR=cpu -> onnxruntime
 # Python packages come from deploy/requirements/serve-<flavour>.lock (generated from pyproject.toml).
 # When deploy/wheelhouse/ holds wheels they are the only source (offline build), else PyPI.
-ARG BASE_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu22.04
+ARG BASE_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu22.04
 
 FROM ${BASE_IMAGE} AS python-base
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]

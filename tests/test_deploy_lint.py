@@ -69,7 +69,7 @@ def render(target: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
-@pytest.fixture(scope="module", params=["base", "overlays/gpu"])
+@pytest.fixture(scope="module", params=["base", "overlays/gpu", "overlays/registry-pvc"])
 def rendered(request, tmp_path_factory):
     docs = render(request.param)
     path = tmp_path_factory.mktemp("k8s") / "rendered.yaml"
@@ -114,7 +114,14 @@ def test_deployment_probes_resources_and_security(rendered):
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["MODEL_REGISTRY"] == "/models"
+    if target == "overlays/registry-pvc":
+        assert env["MODEL_REGISTRY"] == "/mnt/registry"
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/mnt/registry")
+        assert mount["readOnly"] is True
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        assert volume["persistentVolumeClaim"]["claimName"] in {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    else:
+        assert env["MODEL_REGISTRY"] == "/models"  # the models baked into the image
     hpa = kinds["HorizontalPodAutoscaler"]["spec"]
     assert hpa["scaleTargetRef"]["name"] == kinds["Deployment"]["metadata"]["name"]
     # ServiceMonitor (CRD, no bundled schema): it must select the Service and scrape its named port.
