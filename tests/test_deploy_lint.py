@@ -64,7 +64,8 @@ def test_lock_matches_pyproject_and_holds_no_training_packages(flavour):
 
 
 def render(target: str) -> list[dict]:
-    result = run(["bash", ROOT / "deploy/scripts/render_k8s.sh", target], env={"PATH": f"{BIN}:/usr/bin:/bin"})
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "PYTHON": sys.executable, "KUBECTL": str(BIN / "kubectl")}
+    result = run(["bash", ROOT / "deploy/scripts/render_k8s.sh", target], env=env)
     assert result.returncode == 0, result.stderr
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 

