@@ -8,7 +8,8 @@ each scraped instance (see ``monitoring/prometheus/rules.yml``).
 API (all label values are strings; ``model``/``version`` are the registry name and version):
 
 - ``observe_request(endpoint, status, seconds)``: one HTTP request answered with ``status``.
-- ``in_flight(endpoint)``: context manager counting requests being handled.
+- ``in_flight(endpoint)``: context manager counting requests being handled (or the pair
+  ``request_started(endpoint)`` / ``request_finished(endpoint)``).
 - ``observe_batch(model, version, rows, timings, queue_wait_seconds=None)``: one model call;
   ``timings`` is ``Runtime.last_timings`` (stage -> seconds: preprocess, inference, postprocess),
   ``queue_wait_seconds`` one value or one per request merged into the batch.
@@ -24,7 +25,8 @@ API (all label values are strings; ``model``/``version`` are the registry name a
   status in ``MODEL_STATUSES``; with a manifest, also exposes its reference fractions and creates
   every drift bin counter at 0 (so a bin never seen live still counts as empty).
 - ``start_gpu_sampler(interval_s=5.0)``: samples GPU utilisation and memory through nvidia-ml-py
-  in a daemon thread; returns False (and no GPU series exist) when no GPU is present.
+  in a daemon thread; returns False (and no GPU series exist) when no GPU is present. The first
+  ``set_model_info`` call of a process starts it, so every serving worker exports GPU metrics.
 
 Metric names (prefix ``modelserve_``) are listed in ``METRIC_NAMES``. Drift bins: numeric features
 use the reference edges with open-ended outer bins (``modelkit.profile.bin_indices``); categorical
@@ -128,6 +130,7 @@ class ServiceMetrics:
         self._profiles: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._gpu_thread: threading.Thread | None = None
+        self._gpu_tried = False
 
     # --- requests -------------------------------------------------------------------------
     def observe_request(self, endpoint: str, status: int | str, seconds: float) -> None:
@@ -136,15 +139,21 @@ class ServiceMetrics:
         self.requests.labels(*labels).inc()
         self.request_duration.labels(*labels).observe(seconds)
 
+    def request_started(self, endpoint: str) -> None:
+        """A request entered the handlers (pair with ``request_finished``)."""
+        self.in_flight_requests.labels(endpoint).inc()
+
+    def request_finished(self, endpoint: str) -> None:
+        self.in_flight_requests.labels(endpoint).dec()
+
     @contextmanager
     def in_flight(self, endpoint: str):
         """Count a request as in flight while the block runs."""
-        gauge = self.in_flight_requests.labels(endpoint)
-        gauge.inc()
+        self.request_started(endpoint)
         try:
             yield
         finally:
-            gauge.dec()
+            self.request_finished(endpoint)
 
     def count_error(self, endpoint: str, model: str, kind: str) -> None:
         """One error of ``kind`` (validation, model_failure, overload, not_found)."""
@@ -260,6 +269,9 @@ class ServiceMetrics:
         """Record a model version's status; with a manifest, expose its drift reference too."""
         if status not in MODEL_STATUSES:
             raise ValueError(f"model status {status!r} not in {MODEL_STATUSES}")
+        if not self._gpu_tried:
+            self._gpu_tried = True
+            self.start_gpu_sampler()
         labels = (task, provider or "none", status)
         with self._lock:
             previous = self._status.get((model, version))
@@ -359,6 +371,14 @@ def in_flight(endpoint: str):
     return default_metrics().in_flight(endpoint)
 
 
+def request_started(endpoint: str) -> None:
+    default_metrics().request_started(endpoint)
+
+
+def request_finished(endpoint: str) -> None:
+    default_metrics().request_finished(endpoint)
+
+
 def count_error(endpoint: str, model: str, kind: str) -> None:
     default_metrics().count_error(endpoint, model, kind)
 
@@ -395,5 +415,6 @@ def start_gpu_sampler(interval_s: float = 5.0) -> bool:
 __all__ = [
     "ERROR_KINDS", "INPUT_SIZE_KINDS", "METRIC_NAMES", "MODEL_STATUSES", "STAGES", "ServiceMetrics",
     "count_error", "count_items", "default_metrics", "in_flight", "observe_batch", "observe_inputs",
-    "observe_predictions", "observe_request", "set_model_info", "start_gpu_sampler",
+    "observe_predictions", "observe_request", "request_finished", "request_started", "set_model_info",
+    "start_gpu_sampler",
 ]

@@ -146,6 +146,7 @@ class RequestGuard:
             await send(message)
 
         _traffic.in_handlers += 1
+        telemetry.request_started(endpoint)
         try:
             early = self._precheck(scope, path)
             if early is not None:
@@ -155,6 +156,7 @@ class RequestGuard:
                 await self.app(scope, receive, send_wrapper)
         finally:
             _traffic.in_handlers -= 1
+            telemetry.request_finished(endpoint)
             telemetry.record_request(endpoint, status, time.perf_counter() - t0)
 
     @staticmethod

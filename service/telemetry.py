@@ -36,6 +36,14 @@ def record_model(model: "ServedModel") -> None:
            provider, model.status, model.load_seconds, model.manifest if model.status == "ready" else None)
 
 
+def request_started(endpoint: str) -> None:
+    _guard("request_started", metrics.request_started, endpoint)
+
+
+def request_finished(endpoint: str) -> None:
+    _guard("request_finished", metrics.request_finished, endpoint)
+
+
 def record_request(endpoint: str, status: int, seconds: float) -> None:
     _guard("observe_request", metrics.observe_request, endpoint, status, seconds)
 
