@@ -41,6 +41,8 @@ def _configure_logging() -> None:
     traffic={"timeout": SETTINGS.request_timeout_s},
     logging={"access": {"enabled": SETTINGS.access_log}},
     metrics={"enabled": SETTINGS.bentoml_metrics},
+    # excluded URLs skip span creation in BentoML's OpenTelemetry middleware ("/" matches every path)
+    tracing={} if SETTINGS.tracing else {"excluded_urls": ["/"]},
 )
 @bentoml.asgi_app(api, path="/")
 class ModelService:

@@ -52,6 +52,7 @@ class ServiceSettings(BaseSettings):
     max_request_bytes: int = Field(32_000_000, ge=1024, description="request body size; more is 413")
     warmup: bool = True
     access_log: bool = Field(False, description="BentoML per-request access log lines (costs CPU per request)")
+    tracing: bool = Field(False, description="OpenTelemetry spans per request (BentoML); off saves CPU per request")
     bentoml_metrics: bool = Field(True, description="BentoML's own bentoml_service_* request metrics")
     request_timeout_s: float = Field(120.0, gt=0, description="BentoML request timeout")
 

@@ -1,0 +1,320 @@
+"""Service vs raw onnxruntime, for the given models (default sentiment and fashion).
+
+Raw: the model's own graph in-process through its runtime, with the service's thread
+count; "raw" latency is onnxruntime's ``session.run`` time (``last_timings["inference"]``),
+"in-process" adds the runtime's pre/post-processing. Service: the real ``bentoml serve``
+over HTTP, driven by ``hey`` (low CPU) with one item per request: 1 client (p50, p99)
+and 32 clients (items/s, p50, p99, errors), fixed request counts, bounded time.
+
+    .venv/bin/python benchmarks/service_bench.py [--registry exported] [--models sentiment,fashion]
+
+Prints a table and replaces its own section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from modelkit.onnx_session import SessionSettings  # noqa: E402
+from modelkit.registry import load_version  # noqa: E402
+from modelkit.runtimes import create_runtime  # noqa: E402
+
+SECTION_START = "<!-- service_bench:start -->"
+SECTION_END = "<!-- service_bench:end -->"
+ENDPOINTS = {"text-classification": "/classify", "multi-label-classification": "/classify",
+             "image-classification": "/classify_image"}
+
+
+@dataclass
+class Raw:
+    b1_p50_ms: float
+    b1_p99_ms: float
+    b32_items_s: float
+    inproc_b1_p50_ms: float
+    inproc_b32_items_s: float
+
+
+@dataclass
+class Load:
+    clients: int
+    requests: int
+    ok: int
+    errors: int
+    items_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+def sample_item(task: str) -> tuple[object, dict]:
+    """One real input and its request body."""
+    if task == "image-classification":
+        from modelkit.image import encode_png
+
+        img = _fashion_test_image()
+        png = encode_png(img)
+        return png, {"images": [base64.b64encode(png).decode()]}
+    text = "Just got back from the beach, what a lovely day with the family"
+    return text, {"texts": [text]}
+
+
+def _fashion_test_image() -> np.ndarray:
+    import gzip
+
+    with gzip.open("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz", "rb") as f:
+        data = f.read()
+    return np.frombuffer(data, dtype=np.uint8, offset=16)[: 28 * 28].reshape(28, 28).copy()
+
+
+def measure_raw(registry: Path, name: str, settings: SessionSettings, item, n1: int, n32: int) -> Raw:
+    manifest, vdir = load_version(registry, name)
+    runtime = create_runtime(manifest, vdir, settings)
+    runtime.load()
+    runtime.warmup()
+    one = [runtime.validate(item)]
+    batch = one * 32
+    inf1, full1 = [], []
+    for _ in range(n1):
+        t0 = time.perf_counter()
+        runtime.predict(one)
+        full1.append(time.perf_counter() - t0)
+        inf1.append(runtime.last_timings["inference"])
+    inf32, full32 = [], []
+    for _ in range(n32):
+        t0 = time.perf_counter()
+        runtime.predict(batch)
+        full32.append(time.perf_counter() - t0)
+        inf32.append(runtime.last_timings["inference"])
+    return Raw(
+        b1_p50_ms=1000 * float(np.median(inf1)),
+        b1_p99_ms=1000 * float(np.percentile(inf1, 99)),
+        b32_items_s=32 / float(np.median(inf32)),
+        inproc_b1_p50_ms=1000 * float(np.median(full1)),
+        inproc_b32_items_s=32 / float(np.median(full32)),
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``bentoml serve`` in its own process group, stopped on exit."""
+
+    def __init__(self, registry: Path, env: dict[str, str], workdir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / "serve.log"
+        bentoml = Path(sys.executable).with_name("bentoml")
+        full_env = {**os.environ, "MODEL_REGISTRY": str(registry), "BENTOML_HOME": str(workdir / "home"),
+                    "BENTOML_DO_NOT_TRACK": "True", **env}
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [str(bentoml), "serve", "service.app:ModelService", "--host", "127.0.0.1", "--port", str(self.port)],
+                cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError("service not ready")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def hey(url: str, body_file: Path, n: int, c: int, timeout_s: float) -> Load:
+    """Run hey with CSV output; latency percentiles and items/s from its per-request rows.
+
+    hey sends n // c requests per client; a request missing from its rows (connection error,
+    timeout) counts as an error, like every non-200 answer.
+    """
+    n = (n // c) * c
+    cmd = ["hey", "-n", str(n), "-c", str(c), "-t", "20", "-m", "POST", "-T", "application/json",
+           "-D", str(body_file), "-o", "csv", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s).stdout
+    rows = list(csv.DictReader(io.StringIO(out)))
+    lat = np.array([float(r["response-time"]) for r in rows])
+    status = [r["status-code"] for r in rows]
+    ok = sum(s == "200" for s in status)  # errors: n - ok (non-200 rows and missing rows)
+    ends = np.array([float(r["offset"]) + float(r["response-time"]) for r in rows])
+    starts = np.array([float(r["offset"]) for r in rows])
+    elapsed = float(ends.max() - starts.min()) if rows else float("nan")
+    return Load(clients=c, requests=n, ok=ok, errors=n - ok, items_s=ok / elapsed if elapsed else 0.0,
+                p50_ms=1000 * float(np.median(lat)) if rows else float("nan"),
+                p99_ms=1000 * float(np.percentile(lat, 99)) if rows else float("nan"))
+
+
+def machine() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def versions() -> str:
+    names = ("bentoml", "onnxruntime", "fastapi", "uvicorn", "uvloop", "httptools", "pydantic")
+    parts = [f"python {platform.python_version()}"]
+    for n in names:
+        try:
+            parts.append(f"{n} {metadata.version(n)}")
+        except metadata.PackageNotFoundError:
+            pass
+    hey_path = shutil.which("hey")
+    parts.append(f"hey ({hey_path})")
+    return ", ".join(parts)
+
+
+def write_results(path: Path, section: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    block = f"{SECTION_START}\n{section.rstrip()}\n{SECTION_END}"
+    if SECTION_START in text and SECTION_END in text:
+        before, rest = text.split(SECTION_START, 1)
+        _, after = rest.split(SECTION_END, 1)
+        text = before + block + after
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--registry", type=Path, default=Path(os.environ.get("MODEL_REGISTRY", ROOT / "exported")))
+    ap.add_argument("--models", default="sentiment,fashion")
+    ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: cores // workers)")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--provider", default="cpu", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--max-wait-ms", type=float, default=2.0)
+    ap.add_argument("--requests-1", type=int, default=1000, help="requests for the 1-client run")
+    ap.add_argument("--requests-32", type=int, default=4000, help="requests for the 32-client run")
+    ap.add_argument("--raw-iters", type=int, default=300)
+    ap.add_argument("--timeout", type=float, default=240, help="seconds allowed per load run")
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    settings = SessionSettings(provider=args.provider, variant="fp32", intra_op_threads=threads)
+    env = {"SERVICE_THREADS": str(threads), "SERVICE_WORKERS": str(args.workers), "SERVICE_PROVIDER": args.provider,
+           "SERVICE_VARIANT": "fp32", "SERVICE_DEFAULT_BATCH__MAX_BATCH_SIZE": str(args.max_batch),
+           "SERVICE_DEFAULT_BATCH__MAX_WAIT_MS": str(args.max_wait_ms),
+           "SERVICE_MODELS": json.dumps(args.models.split(","))}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="service-bench-") as tmp:
+        tmpdir = Path(tmp)
+        raws, items, tasks, model_versions = {}, {}, {}, {}
+        for name in args.models.split(","):
+            manifest, _ = load_version(args.registry, name)
+            tasks[name] = manifest.task
+            model_versions[name] = manifest.version
+            item, body = sample_item(manifest.task)
+            items[name] = body | {"model": name}
+            print(f"[{name}] raw onnxruntime, {threads} thread(s) ...", flush=True)
+            raws[name] = measure_raw(args.registry, name, settings, item, args.raw_iters, max(30, args.raw_iters // 4))
+        server = Server(args.registry, env, tmpdir)
+        try:
+            server.wait_ready()
+            provider = json.loads(_get(f"{server.url}/models"))["models"][0]["provider"]
+            for name in args.models.split(","):
+                body_file = tmpdir / f"{name}.json"
+                body_file.write_text(json.dumps(items[name]))
+                url = server.url + ENDPOINTS[tasks[name]]
+                print(f"[{name}] service warm-up, 1 client, 32 clients ...", flush=True)
+                hey(url, body_file, 200, 8, args.timeout)
+                one = hey(url, body_file, args.requests_1, 1, args.timeout)
+                many = hey(url, body_file, args.requests_32, 32, args.timeout)
+                rows.append((name, raws[name], one, many))
+        finally:
+            server.stop()
+
+    table = render(rows, provider)
+    header = (
+        "## Service vs raw onnxruntime (benchmarks/service_bench.py)\n\n"
+        f"- machine: {machine()}\n- versions: {versions()}\n"
+        f"- settings: provider {provider}, fp32, {args.workers} worker(s), {threads} intra-op thread(s) per session "
+        f"(raw runs use the same), max batch {args.max_batch}, max wait {args.max_wait_ms} ms; "
+        f"hey with one item per request; {args.requests_1} requests at 1 client, {args.requests_32} at 32 clients\n"
+        f"- models: {', '.join(f'{n} {v}' for n, v in model_versions.items())} (registry {args.registry})\n"
+        f"- measured {time.strftime('%Y-%m-%d %H:%M %Z')}; the load generator shares the machine's cores "
+        "with the service\n\n"
+    )
+    print()
+    print(header + table)
+    if not args.no_write:
+        write_results(args.results, header + table)
+        print(f"wrote {args.results}")
+    return 0
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
+
+
+def render(rows, provider: str) -> str:
+    lines = [
+        "| model | raw b1 p50 ms | raw b32 items/s | in-process b1 p50 ms | in-process b32 items/s "
+        "| 1 client p50 ms | 1 client p99 ms | 32 clients items/s | 32 clients p50 ms | 32 clients p99 ms "
+        "| errors | 32c >= 0.5x raw b32 | 1c p50 <= raw b1 + 3 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for name, raw, one, many in rows:
+        throughput_ok = many.items_s >= 0.5 * raw.b32_items_s and many.errors == 0 and one.errors == 0
+        latency_ok = one.p50_ms <= raw.b1_p50_ms + 3.0
+        lines.append(
+            f"| {name} | {raw.b1_p50_ms:.2f} | {raw.b32_items_s:,.0f} | {raw.inproc_b1_p50_ms:.2f} | "
+            f"{raw.inproc_b32_items_s:,.0f} | {one.p50_ms:.2f} | {one.p99_ms:.2f} | {many.items_s:,.0f} | "
+            f"{many.p50_ms:.1f} | {many.p99_ms:.1f} | {one.errors + many.errors} | "
+            f"{'PASS' if throughput_ok else 'FAIL'} ({many.items_s / raw.b32_items_s:.2f}x) | "
+            f"{'PASS' if latency_ok else 'FAIL'} (+{one.p50_ms - raw.b1_p50_ms:.2f} ms) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
