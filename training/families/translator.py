@@ -562,6 +562,7 @@ class TranslatorFamily(Family):
                 "Trained from scratch on tens of thousands of pairs: dictionary example sentences and software "
                 "UI strings only. Expect wrong words, omissions and repetitions on anything else. Sources longer "
                 f"than {cfg.model.max_source_tokens} tokens are refused, not truncated."
+                + (samples_markdown(splits.state["samples"]) if "samples" in splits.state else "")
             ),
         }
 
@@ -711,10 +712,35 @@ def evaluate_runtime(family: TranslatorFamily, runtime, cfg: TranslatorConfig, s
     model = splits.state.get("torch_model")
     if model is not None and runtime.variant == "fp32":  # int8 is compared with fp32 by the pipeline
         metrics.update(generate_parity(model, runtime, src[: p.parity_sentences], p))
-    samples = [{"source": splits.test.x[i], "reference": refs[i], "translation": texts_by_mode[default][i]}
-               for i in range(min(20, len(refs)))]
+    samples = sample_translations(list(splits.test.x), refs, texts_by_mode[default])
+    if runtime.variant == "fp32":
+        splits.state["samples"] = samples  # for the model card
     return Evaluation(metrics=metrics, predictions=texts_by_mode[default], features=features,
                       details={"samples": samples, "decoding": default})
+
+
+def sample_translations(sources: list[str], refs: list[str], hyps: list[str], k: int = 4) -> dict[str, list[dict]]:
+    """The best, worst and some middle test sentences by sentence chrF (model-card examples)."""
+    import sacrebleu
+
+    scored = sorted(
+        ({"chrf": round(sacrebleu.sentence_chrf(h, [r]).score, 1), "source": s, "reference": r, "translation": h}
+         for s, r, h in zip(sources, refs, hyps)),
+        key=lambda x: -x["chrf"],
+    )
+    mid = len(scored) // 2
+    return {"best": scored[:k], "median": scored[mid:mid + k], "worst": scored[-k:]}
+
+
+def samples_markdown(samples: dict[str, list[dict]]) -> str:
+    lines = ["", "", "Sample test translations (default decoding), by sentence chrF:", ""]
+    lines += ["| group | chrF | source | reference | model |", "|---|---:|---|---|---|"]
+    cell = lambda t: t.replace("|", "\\|")[:160]  # noqa: E731
+    for group, rows in samples.items():
+        for r in rows:
+            lines.append(f"| {group} | {r['chrf']} | {cell(r['source'])} | {cell(r['reference'])} | "
+                         f"{cell(r['translation'])} |")
+    return "\n".join(lines)
 
 
 MODELS: dict[str, Family] = {name: TranslatorFamily(name) for name in ("de-en", "en-ko")}
