@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from modelkit.runtimes import InputError
 
@@ -24,7 +25,6 @@ from .errors import ApiError, api_error_handler, error_response, http_error_hand
 from .models import ENDPOINT_TASKS, ServedModel
 from .schemas import (
     ERROR_RESPONSES,
-    Classification,
     ClassifyRequest,
     ClassifyResponse,
     ImageJsonRequest,
@@ -32,11 +32,11 @@ from .schemas import (
     ModelsResponse,
     TranslateRequest,
     TranslateResponse,
-    Translation,
 )
 from .settings import ServiceSettings
 
 log = logging.getLogger("service.routes")
+BodyT = TypeVar("BodyT", bound=BaseModel)
 
 DEFAULT_TOP_K = 1
 IMAGE_FILE_FIELDS = ("images", "image", "file", "files")
@@ -232,9 +232,10 @@ def _top_k(model: ServedModel, top_k: int | None) -> int:
     return k
 
 
-def _classifications(model: ServedModel, results: list[dict], k: int) -> list[Classification]:
+def _classifications(model: ServedModel, results: list[dict], k: int) -> list[dict]:
+    """Response entries (shape of schemas.Classification): every chosen label, or the top k."""
     multi = model.task == "multi-label-classification"
-    return [Classification(labels=r["labels"] if multi else r["labels"][:k]) for r in results]
+    return [{"labels": r["labels"] if multi else r["labels"][:k]} for r in results]
 
 
 def _mark(request: Request, model: str) -> None:
@@ -279,9 +280,33 @@ def _limits(m: ServedModel) -> dict[str, Any]:
     return limits
 
 
+def _json_body(model_cls: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI requestBody for a pydantic model (the handlers parse bodies themselves, see _parse)."""
+    schema = model_cls.model_json_schema()
+    examples = schema.get("examples") or []
+    content: dict[str, Any] = {"schema": schema}
+    if examples:
+        content["example"] = examples[0]
+    return {"required": True, "content": {"application/json": content}}
+
+
+async def _parse(request: Request, model_cls: type[BodyT]) -> BodyT:
+    """Validate the JSON body with pydantic-core directly (cheaper than FastAPI's body handling)."""
+    try:
+        return model_cls.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+def _json(payload: dict) -> Response:
+    return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
+
+
 @api.post("/classify", response_model=ClassifyResponse, responses=ERROR_RESPONSES,
+          openapi_extra={"requestBody": _json_body(ClassifyRequest)},
           summary="Classify texts (single-label: top-k labels; multi-label: labels above threshold)")
-async def classify(body: ClassifyRequest, request: Request) -> ClassifyResponse:
+async def classify(request: Request) -> Response:
+    body = await _parse(request, ClassifyRequest)
     _mark(request, body.model)
     model = state().model_for("classify", body.model)
     _check_count(len(body.texts), "texts")
@@ -292,11 +317,13 @@ async def classify(body: ClassifyRequest, request: Request) -> ClassifyResponse:
         options["top_k"] = len(model.manifest.labels)  # same options for every request: they share batches
     items = _validate_all(model, body.texts, "texts")
     results = await _predict(model, items, options)
-    return ClassifyResponse(model=model.name, version=model.version, results=_classifications(model, results, k))
+    return _json({"model": model.name, "version": model.version, "results": _classifications(model, results, k)})
 
 
-@api.post("/translate", response_model=TranslateResponse, responses=ERROR_RESPONSES, summary="Translate texts")
-async def translate(body: TranslateRequest, request: Request) -> TranslateResponse:
+@api.post("/translate", response_model=TranslateResponse, responses=ERROR_RESPONSES,
+          openapi_extra={"requestBody": _json_body(TranslateRequest)}, summary="Translate texts")
+async def translate(request: Request) -> Response:
+    body = await _parse(request, TranslateRequest)
     _mark(request, body.model)
     model = state().model_for("translate", body.model)
     _check_count(len(body.texts), "texts")
@@ -311,8 +338,8 @@ async def translate(body: TranslateRequest, request: Request) -> TranslateRespon
                        field="max_new_tokens", limit=gen.max_max_new_tokens)
     items = _validate_all(model, body.texts, "texts")
     results = await _predict(model, items, {"num_beams": num_beams, "max_new_tokens": max_new})
-    return TranslateResponse(model=model.name, version=model.version,
-                             results=[Translation(translation=r["translation"]) for r in results])
+    return _json({"model": model.name, "version": model.version,
+                  "results": [{"translation": r["translation"]} for r in results]})
 
 
 _IMAGE_BODY = {
@@ -341,7 +368,7 @@ _IMAGE_BODY = {
 @api.post("/classify_image", response_model=ClassifyResponse, responses=ERROR_RESPONSES,
           openapi_extra={"requestBody": _IMAGE_BODY},
           summary="Classify images: multipart upload or JSON with base64 images")
-async def classify_image(request: Request) -> ClassifyResponse:
+async def classify_image(request: Request) -> Response:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         name, top_k, blobs = await _read_multipart(request)
@@ -357,14 +384,11 @@ async def classify_image(request: Request) -> ClassifyResponse:
     else:
         items = _validate_all(model, blobs, "images")
     results = await _predict(model, items, {"top_k": len(model.manifest.labels)})
-    return ClassifyResponse(model=model.name, version=model.version, results=_classifications(model, results, k))
+    return _json({"model": model.name, "version": model.version, "results": _classifications(model, results, k)})
 
 
 async def _read_image_json(request: Request) -> tuple[str, int | None, list[bytes]]:
-    try:
-        body = ImageJsonRequest.model_validate_json(await request.body())
-    except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+    body = await _parse(request, ImageJsonRequest)
     blobs = []
     for i, text in enumerate(body.images):
         try:
@@ -380,7 +404,9 @@ async def _read_multipart(request: Request) -> tuple[str, int | None, list[bytes
     try:
         form = await request.form(max_files=limit + 1, max_fields=16)
     except Exception as exc:  # malformed multipart, too many parts
-        raise ApiError(422, f"could not read the multipart body: {exc}", field="body", limit=f"{limit} files") from None
+        if "too many files" in str(exc).lower():
+            raise ApiError(413, f"more than {limit} images in one request", field="images", limit=limit) from None
+        raise ApiError(422, f"could not read the multipart body: {exc}", field="body") from None
     name = form.get("model")
     if not isinstance(name, str) or not name:
         raise ApiError(422, "form field 'model' is required", field="model")
