@@ -306,3 +306,10 @@ def test_client_errors_are_logged_as_one_line_without_traceback(client, server):
     lines = [line for line in log.splitlines() if marker in line]
     assert len(lines) == 1 and "404" in lines[0], lines
     assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("count", [65, 80])
+def test_too_many_uploaded_images_is_413(client, tasks, count):
+    files = [("images", (f"{i}.png", _png(i), "image/png")) for i in range(count)]
+    resp = client.post("/classify_image", files=files, data={"model": tasks["image-classification"]})
+    _assert_error(resp, 413, "images", 64)
