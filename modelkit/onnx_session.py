@@ -56,5 +56,9 @@ def open_session(path: Path, settings: SessionSettings):
     opts.inter_op_num_threads = settings.inter_op_threads
     session = ort.InferenceSession(os.fspath(path), sess_options=opts, providers=settings.providers())
     provider = session.get_providers()[0]
+    if settings.provider == "cuda" and provider != "CUDAExecutionProvider":
+        # onnxruntime silently falls back to CPU when the CUDA provider cannot load (no GPU, no
+        # CUDA/cuDNN libraries); provider=cuda promises a GPU, so refuse instead.
+        raise RuntimeError(f"provider=cuda requested but {path.name} opened on {provider} (CUDA provider failed to load)")
     log.info("opened %s on %s", path, provider)
     return session, provider
