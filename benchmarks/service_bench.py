@@ -123,16 +123,16 @@ def free_port() -> int:
 class Server:
     """``bentoml serve`` in its own process group, stopped on exit."""
 
-    def __init__(self, registry: Path, env: dict[str, str], workdir: Path):
+    def __init__(self, registry: Path, env: dict[str, str], workdir: Path, target: str = "service.app:ModelService"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "serve.log"
+        self.log = workdir / f"serve-{self.port}.log"
         bentoml = Path(sys.executable).with_name("bentoml")
         full_env = {**os.environ, "MODEL_REGISTRY": str(registry), "BENTOML_HOME": str(workdir / "home"),
                     "BENTOML_DO_NOT_TRACK": "True", **env}
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [str(bentoml), "serve", "service.app:ModelService", "--host", "127.0.0.1", "--port", str(self.port)],
+                [str(bentoml), "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
                 cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 120) -> None:
@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=240, help="seconds allowed per load run")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--baseline", action="store_true",
+                    help="also measure BentoML's adaptive batching (benchmarks/service_adaptive_baseline.py)")
     args = ap.parse_args(argv)
 
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
            "SERVICE_VARIANT": "fp32", "SERVICE_DEFAULT_BATCH__MAX_BATCH_SIZE": str(args.max_batch),
            "SERVICE_DEFAULT_BATCH__MAX_WAIT_MS": str(args.max_wait_ms),
            "SERVICE_MODELS": json.dumps(args.models.split(","))}
-    rows = []
+    rows, baseline_rows = [], []
     with tempfile.TemporaryDirectory(prefix="service-bench-") as tmp:
         tmpdir = Path(tmp)
         raws, items, tasks, model_versions = {}, {}, {}, {}
@@ -259,18 +261,29 @@ def main(argv: list[str] | None = None) -> int:
             server.wait_ready()
             provider = json.loads(_get(f"{server.url}/models"))["models"][0]["provider"]
             for name in args.models.split(","):
-                body_file = tmpdir / f"{name}.json"
-                body_file.write_text(json.dumps(items[name]))
-                url = server.url + ENDPOINTS[tasks[name]]
-                print(f"[{name}] service warm-up, 1 client, 32 clients ...", flush=True)
-                hey(url, body_file, 200, 8, args.timeout)
-                one = hey(url, body_file, args.requests_1, 1, args.timeout)
-                many = hey(url, body_file, args.requests_32, 32, args.timeout)
+                print(f"[{name}] service: warm-up, 1 client, 32 clients ...", flush=True)
+                one, many = load_runs(server.url + ENDPOINTS[tasks[name]], items[name], tmpdir / f"{name}.json", args)
                 rows.append((name, raws[name], one, many))
         finally:
             server.stop()
+        if args.baseline:
+            base_env = env | {"BASELINE_MODELS": args.models}
+            server = Server(args.registry, base_env, tmpdir, target="benchmarks.service_adaptive_baseline:AdaptiveBaseline")
+            try:
+                server.wait_ready()
+                for name in args.models.split(","):
+                    print(f"[{name}] BentoML adaptive batching baseline ...", flush=True)
+                    body = {k: v for k, v in items[name].items() if k != "model"}
+                    one, many = load_runs(server.url + ENDPOINTS[tasks[name]], body, tmpdir / f"{name}-base.json", args)
+                    baseline_rows.append((name, raws[name], one, many))
+            finally:
+                server.stop()
 
     table = render(rows, provider)
+    if baseline_rows:
+        table += ("\nBefore/after: the same load against BentoML's adaptive batching "
+                  "(`@bentoml.api(batchable=True)`, benchmarks/service_adaptive_baseline.py) instead of "
+                  "service/batcher.py:\n\n" + render(baseline_rows, provider, label="adaptive batching: "))
     header = (
         "## Service vs raw onnxruntime (benchmarks/service_bench.py)\n\n"
         f"- machine: {machine()}\n- versions: {versions()}\n"
@@ -296,7 +309,14 @@ def _get(url: str) -> str:
         return r.read().decode()
 
 
-def render(rows, provider: str) -> str:
+def load_runs(url: str, body: dict, body_file: Path, args) -> tuple[Load, Load]:
+    """Warm-up, then the 1-client and 32-client runs."""
+    body_file.write_text(json.dumps(body))
+    hey(url, body_file, 200, 8, args.timeout)
+    return hey(url, body_file, args.requests_1, 1, args.timeout), hey(url, body_file, args.requests_32, 32, args.timeout)
+
+
+def render(rows, provider: str, label: str = "") -> str:
     lines = [
         "| model | raw b1 p50 ms | raw b32 items/s | in-process b1 p50 ms | in-process b32 items/s "
         "| 1 client p50 ms | 1 client p99 ms | 32 clients items/s | 32 clients p50 ms | 32 clients p99 ms "
@@ -307,7 +327,7 @@ def render(rows, provider: str) -> str:
         throughput_ok = many.items_s >= 0.5 * raw.b32_items_s and many.errors == 0 and one.errors == 0
         latency_ok = one.p50_ms <= raw.b1_p50_ms + 3.0
         lines.append(
-            f"| {name} | {raw.b1_p50_ms:.2f} | {raw.b32_items_s:,.0f} | {raw.inproc_b1_p50_ms:.2f} | "
+            f"| {label}{name} | {raw.b1_p50_ms:.2f} | {raw.b32_items_s:,.0f} | {raw.inproc_b1_p50_ms:.2f} | "
             f"{raw.inproc_b32_items_s:,.0f} | {one.p50_ms:.2f} | {one.p99_ms:.2f} | {many.items_s:,.0f} | "
             f"{many.p50_ms:.1f} | {many.p99_ms:.1f} | {one.errors + many.errors} | "
             f"{'PASS' if throughput_ok else 'FAIL'} ({many.items_s / raw.b32_items_s:.2f}x) | "
