@@ -1,0 +1,78 @@
+"""Service settings (environment, TOML file, precedence) and serving a pinned version."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service.settings import ServiceSettings
+from service_support import copy_model, names_by_task, serve, smoke_models  # noqa: F401 (fixture)
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for key in ("MODEL_REGISTRY", "SERVICE_CONFIG_FILE", "SERVICE_PINS", "SERVICE_THREADS", "SERVICE_WORKERS",
+                "SERVICE_PROVIDER", "SERVICE_VARIANT", "SERVICE_DEFAULT_BATCH__MAX_WAIT_MS", "SERVICE_MODELS"):
+        monkeypatch.delenv(key, raising=False)
+    return monkeypatch
+
+
+def test_defaults_and_threads_per_worker(clean_env):
+    s = ServiceSettings()
+    assert s.registry == Path("exported") and s.provider == "auto" and s.variant == "fp32"
+    assert s.intra_op_threads() >= 1
+    clean_env.setenv("SERVICE_WORKERS", "64")
+    assert ServiceSettings().intra_op_threads() == 1  # never 0 threads, whatever the worker count
+    clean_env.setenv("SERVICE_THREADS", "3")
+    assert ServiceSettings().session_settings().intra_op_threads == 3
+
+
+def test_environment_sets_registry_pins_nested_batch_and_models(clean_env, tmp_path):
+    clean_env.setenv("MODEL_REGISTRY", str(tmp_path))
+    clean_env.setenv("SERVICE_PINS", '{"sentiment": "20260101-000000"}')
+    clean_env.setenv("SERVICE_DEFAULT_BATCH__MAX_WAIT_MS", "7.5")
+    clean_env.setenv("SERVICE_MODELS", '["sentiment", "fashion"]')
+    clean_env.setenv("SERVICE_PROVIDER", "cpu")
+    clean_env.setenv("SERVICE_VARIANT", "int8")
+    s = ServiceSettings()
+    assert s.registry == tmp_path and s.pins == {"sentiment": "20260101-000000"}
+    assert s.batch_for("anything").max_wait_ms == 7.5 and s.models == ["sentiment", "fashion"]
+    assert s.session_settings().provider == "cpu" and s.session_settings().variant == "int8"
+
+
+def test_toml_file_with_environment_taking_precedence(clean_env, tmp_path):
+    config = tmp_path / "service.toml"
+    config.write_text('provider = "cpu"\nmax_items_per_request = 8\n[pins]\nfashion = "v1"\n'
+                      '[batch.fashion]\nmax_batch_size = 4\n')
+    clean_env.setenv("SERVICE_CONFIG_FILE", str(config))
+    clean_env.setenv("SERVICE_PROVIDER", "auto")
+    s = ServiceSettings()
+    assert s.provider == "auto"  # environment wins over the file
+    assert s.max_items_per_request == 8 and s.pins == {"fashion": "v1"}
+    assert s.batch_for("fashion").max_batch_size == 4 and s.batch_for("other").max_batch_size == 32
+
+
+def test_invalid_setting_is_refused(clean_env):
+    clean_env.setenv("SERVICE_PROVIDER", "tpu")
+    with pytest.raises(ValueError, match="provider"):
+        ServiceSettings()
+
+
+def test_pinned_version_is_served_instead_of_latest(smoke_models: Path, tmp_path):
+    name = names_by_task(smoke_models)["text-classification"]
+    root = tmp_path / "registry"
+    newest = copy_model(smoke_models, name, root)
+    pinned = "20000101-000000"
+    older = root / name / pinned
+    shutil.copytree(newest, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    manifest["version"] = pinned
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    with serve(root, tmp_path / "serve", env={"SERVICE_PINS": json.dumps({name: pinned})}) as server:
+        with server.client() as c:
+            models = {m["name"]: m for m in c.get("/models").json()["models"]}
+            assert models[name]["version"] == pinned and models[name]["source"].endswith(pinned)
+            assert c.post("/classify", json={"model": name, "texts": ["hello"]}).json()["version"] == pinned
