@@ -37,10 +37,23 @@ def _images(n: int) -> list[bytes]:
     return [encode_png(img) for img in images]
 
 
-def _sources(n: int) -> list[str]:
+def _sources(n: int, runtime) -> list[str]:
+    """Ding dictionary sentences in the model's source language (German or English) that it accepts."""
+    from modelkit.runtimes import InputError
     from training.data.translation import read_ding
 
-    return [p.src for p in read_ding()[:n]]
+    german = runtime.manifest.preprocessing.source_lang == "de"
+    out = []
+    for pair in read_ding():
+        text = pair.src if german else pair.tgt
+        try:
+            runtime.validate(text)
+        except InputError:  # too many tokens for this model's tokenizer
+            continue
+        out.append(text)
+        if len(out) == n:
+            break
+    return out
 
 
 def _models(registry: Path) -> list[tuple[str, str]]:
@@ -84,7 +97,8 @@ def test_service_outputs_match_in_process_runs(server, smoke_models):
     for name, task in _models(smoke_models):
         manifest, runtime = _in_process(smoke_models, name)
         if task == "translation":
-            sources = _sources(N_TRANSLATIONS)
+            sources = _sources(N_TRANSLATIONS, runtime)
+            assert len(sources) == N_TRANSLATIONS
             options = {"num_beams": 2, "max_new_tokens": 16}
             local = [r["translation"] for r in runtime.predict([runtime.validate(s) for s in sources], **options)]
             remote = [r["translation"] for r in _post_all(
