@@ -20,5 +20,5 @@ WINDOW = "10m"
 PSI_EPS = 1e-4
 PSI_WARNING = 0.1  # the usual "moderate shift" level
 PSI_CRITICAL = 0.25  # the usual "significant shift" level
-MIN_SAMPLES = 300
+MIN_SAMPLES = 500
 ALERT_FOR = "5m"

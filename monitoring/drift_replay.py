@@ -219,13 +219,13 @@ def _rng_pick(items: Sequence[Any], n: int, seed: int) -> list[Any]:
 
 
 def text_data(n: int, seed: int = 0, data_dir: Path | None = None) -> dict[str, list[str]]:
-    """Tweets (reference, in distribution) and German dictionary sentences (other language)."""
+    """Tweets (2n reference, n in distribution) and German dictionary sentences (other language)."""
     from training.data.text import load_sentiment
     from training.data.translation import is_sentence, read_ding
 
-    tweets = [e.text for e in _rng_pick(load_sentiment(), 2 * n, seed)]
+    tweets = [e.text for e in _rng_pick(load_sentiment(), 3 * n, seed)]
     german = [p.src for p in read_ding() if is_sentence(p.src)]
-    return {"reference": tweets[:n], "in-distribution": tweets[n:], "shifted: German text": _rng_pick(german, n, seed)}
+    return {"reference": tweets[:2 * n], "in-distribution": tweets[2 * n:], "shifted: German text": _rng_pick(german, n, seed)}
 
 
 def image_data(n: int, seed: int = 0, data_dir: Path | None = None) -> dict[str, list[np.ndarray]]:
@@ -233,11 +233,11 @@ def image_data(n: int, seed: int = 0, data_dir: Path | None = None) -> dict[str,
     from training.data.fashion import load_fashion_mnist
 
     test = load_fashion_mnist().test
-    images = _rng_pick(list(test.x), 3 * n, seed)
+    images = _rng_pick(list(test.x), 4 * n, seed)
     rng = np.random.default_rng(seed)
-    noisy = [np.clip(x.astype(float) + rng.normal(0, 80, x.shape), 0, 255).astype(np.uint8) for x in images[2 * n:]]
-    return {"reference": images[:n], "in-distribution": images[n:2 * n],
-            "shifted: inverted images": [255 - x for x in images[2 * n:]], "shifted: noisy images": noisy}
+    noisy = [np.clip(x.astype(float) + rng.normal(0, 80, x.shape), 0, 255).astype(np.uint8) for x in images[3 * n:]]
+    return {"reference": images[:2 * n], "in-distribution": images[2 * n:3 * n],
+            "shifted: inverted images": [255 - x for x in images[3 * n:]], "shifted: noisy images": noisy}
 
 
 def translation_data(n: int, seed: int = 0, data_dir: Path | None = None) -> dict[str, list[str]]:
@@ -245,10 +245,10 @@ def translation_data(n: int, seed: int = 0, data_dir: Path | None = None) -> dic
     from training.data.translation import collect_pairs
 
     cache = Path(data_dir or DEFAULT_DATA_DIR) / "translation"
-    de_en = _rng_pick(collect_pairs("de-en", cache), 3 * n, seed)
+    de_en = _rng_pick(collect_pairs("de-en", cache), 4 * n, seed)
     korean = [p.tgt for p in _rng_pick(collect_pairs("en-ko", cache), n, seed)]
-    return {"reference": [p.src for p in de_en[:n]], "in-distribution": [p.src for p in de_en[n:2 * n]],
-            "shifted: Korean input": korean, "shifted: English input": [p.tgt for p in de_en[2 * n:]]}
+    return {"reference": [p.src for p in de_en[:2 * n]], "in-distribution": [p.src for p in de_en[2 * n:3 * n]],
+            "shifted: Korean input": korean, "shifted: English input": [p.tgt for p in de_en[3 * n:]]}
 
 
 FAMILIES: dict[str, tuple[str, Callable[..., dict[str, list]], dict]] = {
@@ -259,7 +259,7 @@ FAMILIES: dict[str, tuple[str, Callable[..., dict[str, list]], dict]] = {
 }
 
 
-def replay_family(registry_root: Path, family: str, *, n: int = 1000, per_minute: int = 50,
+def replay_family(registry_root: Path, family: str, *, n: int = 1200, per_minute: int = 75,
                   model: str | None = None, data_dir: Path | None = None) -> tuple[Manifest, dict[str, Replay]]:
     """Replay a family's in-distribution and shifted sets; re-profile when the manifest's profile is small."""
     default_model, data_fn, options = FAMILIES[family]
@@ -307,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--registry", type=Path, default=registry.default_root())
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="training data cache (translation corpora)")
-    ap.add_argument("--items", type=int, default=1000, help="items per replay (and for a re-profile)")
-    ap.add_argument("--per-minute", type=int, default=50, help="items per simulated scrape minute")
+    ap.add_argument("--items", type=int, default=1200, help="items per replay (twice that for a re-profile)")
+    ap.add_argument("--per-minute", type=int, default=75, help="items per simulated scrape minute")
     ap.add_argument("--out", type=Path, default=Path("docs/drift_replay.png"))
     args = ap.parse_args(argv)
     results, cases = {}, []
