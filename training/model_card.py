@@ -15,6 +15,12 @@ def _table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _thresholds(t: list[float]) -> str:
+    if len(t) == 1:
+        return f"{t[0]:g} (global)"
+    return f"per label, {min(t):g}..{max(t):g}"
+
+
 def render(manifest: Manifest, notes: dict[str, str], plots: list[str]) -> str:
     m = manifest
     rows = {f"model ({v})": vals for v, vals in m.metrics.items()}
@@ -39,6 +45,10 @@ def render(manifest: Manifest, notes: dict[str, str], plots: list[str]) -> str:
         "",
         f"## Test metrics (headline: {m.headline_metric})",
         _table(rows),
+        "",
+        f"Post-processing: {m.postprocessing.activation}"
+        + (f", decision thresholds tuned on validation: {_thresholds(m.postprocessing.thresholds)}" if m.postprocessing.thresholds else "")
+        + ".",
         "",
         "## Gate",
         *[f"- {r}" for r in m.gate.reasons],
