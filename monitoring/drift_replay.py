@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="training data cache (translation corpora)")
     ap.add_argument("--items", type=int, default=1200, help="items per replay (twice that for a re-profile)")
     ap.add_argument("--per-minute", type=int, default=75, help="items per simulated scrape minute")
-    ap.add_argument("--out", type=Path, default=Path("docs/drift_replay.png"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "drift_replay.png")
     args = ap.parse_args(argv)
     results, cases = {}, []
     for family in args.families.split(","):

@@ -229,3 +229,29 @@ def test_a_feature_mostly_constant_on_held_out_data_keeps_its_mass_point_apart()
     assert profile.psi(hist.fractions, same) < 0.02
     shifted = profile.live_fractions(rng.uniform(0.2, 0.7, 300), hist)  # e.g. wrong-language input
     assert profile.psi(hist.fractions, shifted) > 1
+
+
+def test_gpu_sampler_exports_nvml_readings(monkeypatch):
+    """No GPU on the CI machines, so NVML is replaced by a stand-in with nvidia-ml-py's API
+    (the real library runs in test_gpu_metrics_are_absent_without_a_gpu and on GPU hosts)."""
+    import types
+
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetCount=lambda: 2,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=[37, 90][h], memory=0),
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(used=[1 << 30, 3 << 30][h], total=80 << 30, free=0),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    reg = CollectorRegistry()
+    m = ServiceMetrics(reg)
+    assert m.start_gpu_sampler(interval_s=60)
+    assert reg.get_sample_value("modelserve_gpu_utilization_ratio", {"gpu": "0"}) == 0.37
+    assert reg.get_sample_value("modelserve_gpu_utilization_ratio", {"gpu": "1"}) == 0.9
+    assert reg.get_sample_value("modelserve_gpu_memory_used_bytes", {"gpu": "1"}) == 3 << 30
+    assert reg.get_sample_value("modelserve_gpu_memory_total_bytes", {"gpu": "0"}) == 80 << 30
+    # a serving worker starts sampling when it registers its first model
+    reg2 = CollectorRegistry()
+    ServiceMetrics(reg2).set_model_info("demo", "v1", "text-classification", "CUDAExecutionProvider", "ready", 1.0)
+    assert reg2.get_sample_value("modelserve_gpu_utilization_ratio", {"gpu": "1"}) == 0.9
