@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -19,7 +20,6 @@ from modelkit.runtimes.base import InputError
 from training.config import validate_config
 from training.data import fashion
 from training.families.vit import MODELS, ViTModelConfig, augment
-from training.pipeline import run_model
 
 pytestmark = pytest.mark.skipif(not fashion.DEFAULT_DIR.is_dir(), reason="Debian dataset-fashion-mnist not installed")
 
@@ -33,15 +33,16 @@ def smoke_config(**train) -> ViTModelConfig:
     return validate_config("fashion", ViTModelConfig, raw)
 
 
+@dataclass
+class Published:
+    version: str
+
+
 @pytest.fixture(scope="module")
-def published(tmp_path_factory):
-    """The fashion model trained with the smoke preset and published to a temporary registry."""
-    root = tmp_path_factory.mktemp("registry")
-    result = run_model(
-        "fashion", MODELS["fashion"], smoke_config(), registry_root=root,
-        data_dir=tmp_path_factory.mktemp("data"), preset="smoke", command="pytest",
-    )
-    return root, result
+def published(smoke_registry):
+    """The fashion model as the smoke run (``python -m training train --preset smoke``) published it."""
+    version = (smoke_registry / "fashion" / registry.LATEST_FILE).read_text().strip()
+    return smoke_registry, Published(version)
 
 
 def test_one_training_step_lowers_the_loss_on_its_batch(tmp_path):
