@@ -163,9 +163,10 @@ def replay(manifest: Manifest, features: Sequence[dict], *, label: str, per_minu
 
 
 def promtool_case(rep: Replay) -> tuple[dict, list[dict], list[str]]:
-    """A promtool test case: the replay's counters as series, expecting the alerts the offline PSI predicts.
+    """A promtool test case: the replay's counters as series, expecting the drift alerts (warning and
+    critical) the offline PSI predicts.
 
-    Returns (test case, expected alerts, firing features).
+    Returns (test case, expected alerts, features expected to fire the warning).
     """
     manifest = rep.manifest
     base = {"model": manifest.name, "version": manifest.version}
@@ -177,27 +178,33 @@ def promtool_case(rep: Replay) -> tuple[dict, list[dict], list[str]]:
             series.append({"series": f"modelserve_drift_reference_fraction{{{lbl}}}", "values": f"{frac!r}x{minutes}"})
             counts = " ".join(repr(float(s[feature][b])) for s in rep.snapshots)
             series.append({"series": f"modelserve_drift_bin_total{{{lbl}}}", "values": counts})
-    # ModelDriftWarning (for: 5m) fires at the last minute iff the condition held at each of the last 6 evaluations
+    # an alert (for: 5m) fires at the last minute iff its condition held at each of the last 6 evaluations
     for_minutes = int(drift.ALERT_FOR.rstrip("m"))
-    firing, expected = [], []
-    for feature in rep.snapshots[0]:
-        held = all(rep.psi(t, feature) > drift.PSI_WARNING
-                   and rep.window_counts(t, feature).sum() >= drift.MIN_SAMPLES
-                   for t in range(minutes - for_minutes, minutes + 1))
-        if held:
-            psi_now = rep.psi(minutes, feature)
-            firing.append(feature)
-            expected.append({
-                "exp_labels": {"severity": "warning", **base, "feature": feature},
+    tests, firing, expected = [], [], []
+    for alertname, severity, threshold, words in [("ModelDriftWarning", "warning", drift.PSI_WARNING, "drifted"),
+                                                  ("ModelDriftCritical", "critical", drift.PSI_CRITICAL,
+                                                   "drifted strongly")]:
+        exp_alerts = []
+        for feature in rep.snapshots[0]:
+            held = all(rep.psi(t, feature) > threshold
+                       and rep.window_counts(t, feature).sum() >= drift.MIN_SAMPLES
+                       for t in range(minutes - for_minutes, minutes + 1))
+            if not held:
+                continue
+            if severity == "warning":
+                firing.append(feature)
+            exp_alerts.append({
+                "exp_labels": {"severity": severity, **base, "feature": feature},
                 "exp_annotations": {
-                    "summary": f"{manifest.name}/{manifest.version}: {feature} drifted (PSI {psi_now:.3f})",
+                    "summary": f"{manifest.name}/{manifest.version}: {feature} {words} "
+                               f"(PSI {rep.psi(minutes, feature):.3f})",
                     "description": "PSI of the live distribution vs the reference profile stayed above "
-                                   f"{drift.PSI_WARNING} for {for_minutes} minutes.",
+                                   f"{threshold} for {for_minutes} minutes.",
                 },
             })
-    case = {"interval": "1m", "input_series": series,
-            "alert_rule_test": [{"eval_time": f"{minutes}m", "alertname": "ModelDriftWarning",
-                                 "exp_alerts": expected}]}
+        expected.extend(exp_alerts)
+        tests.append({"eval_time": f"{minutes}m", "alertname": alertname, "exp_alerts": exp_alerts})
+    case = {"interval": "1m", "input_series": series, "alert_rule_test": tests}
     return case, expected, firing
 
 
