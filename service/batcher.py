@@ -8,7 +8,8 @@ Policy: one model call at a time per model, in its own thread (onnxruntime relea
 the GIL). A batch leaves when it is full, when ``max_wait_ms`` has passed since its
 oldest item arrived, or at once when no other request is on its way to the server's
 handlers (waiting could not fill it). Items that arrive while a call runs form the next
-batch, so under load batches grow by themselves. If a merged call fails, every request
+batch, so under load batches grow by themselves. A tiny, fast call with nothing else queued
+or arriving runs on the event loop itself (``inline_max_ms``). If a merged call fails, every request
 in it is retried alone, so a failure reaches only the request that caused it.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +27,8 @@ from typing import Any
 from .settings import BatchSettings
 
 log = logging.getLogger("service.batcher")
+
+INLINE_MAX_ITEMS = 4
 
 # predict(items, options, queue_wait_seconds_per_request) -> one result per item
 PredictFn = Callable[[list[Any], dict[str, Any], list[float]], list[dict]]
@@ -68,6 +72,8 @@ class Batcher:
         self.max_batch_size = settings.max_batch_size
         self.max_wait_s = settings.max_wait_ms / 1000.0
         self.max_queue_items = settings.max_queue_items
+        self.inline_max_s = settings.inline_max_ms / 1000.0
+        self._small_call_s = float("inf")  # moving average of small calls; unknown until one ran
         self._traffic = traffic or Traffic()
         self._pending: deque[_Job] = deque()
         self._queued_items = 0
@@ -155,7 +161,10 @@ class Batcher:
         items = [it for j in live for it in j.items]
         waits = [loop.time() - j.enqueued_at for j in live]
         try:
-            results = await loop.run_in_executor(self._executor, self._call, items, live[0].options, waits)
+            if self._inline_ok(len(items)):
+                results = self._call(items, live[0].options, waits)
+            else:
+                results = await loop.run_in_executor(self._executor, self._call, items, live[0].options, waits)
         except Exception as exc:
             if len(live) == 1:
                 live[0].future.set_exception(exc)
@@ -171,8 +180,30 @@ class Batcher:
             if not job.future.done():
                 job.future.set_result(part)
 
+    def _inline_ok(self, n_items: int) -> bool:
+        """Run on the event loop itself: a small, fast call while nothing else is queued or arriving.
+
+        Skips two thread hand-offs (to the model thread and back), which on a busy machine
+        cost more than the call itself; anything slower or concurrent goes to the model thread.
+        """
+        return (
+            n_items <= INLINE_MAX_ITEMS
+            and self._small_call_s <= self.inline_max_s
+            and not self._pending
+            and self._traffic.arriving() <= 0
+        )
+
     def _call(self, items: list[Any], options: dict[str, Any], waits: list[float]) -> list[dict]:
-        """Model calls of at most max_batch_size items (runs in the model's thread)."""
+        """Model calls of at most max_batch_size items (in the model's thread, or inline when tiny)."""
+        t0 = time.perf_counter()
+        out = self._call_chunks(items, options, waits)
+        if len(items) <= INLINE_MAX_ITEMS:
+            seconds = time.perf_counter() - t0
+            previous = self._small_call_s
+            self._small_call_s = seconds if previous == float("inf") else 0.8 * previous + 0.2 * seconds
+        return out
+
+    def _call_chunks(self, items: list[Any], options: dict[str, Any], waits: list[float]) -> list[dict]:
         out: list[dict] = []
         for i in range(0, len(items), self.max_batch_size):
             chunk = items[i : i + self.max_batch_size]
