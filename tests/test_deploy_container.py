@@ -21,6 +21,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -87,20 +88,25 @@ def docker_env():
         shutil.rmtree(state, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def cpu_image(docker_env):
-    """Build the CPU image from the local base and the host wheelhouse; yields its tag."""
-    sh(["bash", SCRIPTS / "make_base.sh", CACHE, BASE_TAG], env=docker_env, timeout=900)
-    sh(["bash", SCRIPTS / "wheelhouse.sh", "cpu", CACHE], env={**docker_env, "PYTHON": os.sys.executable}, timeout=900)
+def build_image(env: dict, flavour: str, tag: str) -> None:
+    """docker build of ./Dockerfile on the local Debian base, offline from the host wheelhouse."""
+    sh(["bash", SCRIPTS / "make_base.sh", CACHE, BASE_TAG], env=env, timeout=900)
+    sh(["bash", SCRIPTS / "wheelhouse.sh", flavour, CACHE], env={**env, "PYTHON": sys.executable}, timeout=900)
     try:
         t0 = time.monotonic()
         sh(["nice", "-n", "10", "docker", "build", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE_TAG}",
-            "--build-arg", "ORT_FLAVOUR=cpu", "-t", IMAGE_TAG, ROOT], env=docker_env, timeout=1500)
-        size = int(sh(["docker", "image", "inspect", "-f", "{{.Size}}", IMAGE_TAG], env=docker_env).stdout)
-        print(f"\nCPU image {IMAGE_TAG}: {size / 1e6:.0f} MB, built in {time.monotonic() - t0:.0f} s")
+            "--build-arg", f"ORT_FLAVOUR={flavour}", "-t", tag, ROOT], env=env, timeout=1500)
+        size = int(sh(["docker", "image", "inspect", "-f", "{{.Size}}", tag], env=env).stdout)
+        print(f"\nimage {tag}: {size / 1e6:.0f} MB, built in {time.monotonic() - t0:.0f} s")
     finally:
         for whl in (ROOT / "deploy" / "wheelhouse").glob("*.whl"):
-            whl.unlink()  # a later GPU build must not find CPU wheels
+            whl.unlink()  # the next build (other flavour, or a user's) must not find these wheels
+
+
+@pytest.fixture(scope="module")
+def cpu_image(docker_env):
+    """The CPU image built from the local base and the host wheelhouse; yields its tag."""
+    build_image(docker_env, "cpu", IMAGE_TAG)
     yield IMAGE_TAG
 
 
@@ -256,3 +262,34 @@ def test_one_request_per_task_matches_in_process_runtime(container, readable_reg
             assert set(got_labels) <= set(manifest.labels)
     assert seen_tasks == {m.task for m in (registry.load_version(readable_registry, n)[0]
                                            for n in registry.model_names(readable_registry))}
+
+
+def test_gpu_flavour_installs_onnxruntime_gpu_and_refuses_a_cpu_fallback(docker_env, readable_registry):
+    """The GPU flavour's lock and install path, built on the Debian base (the CUDA base cannot be
+    pulled here): onnxruntime-gpu replaces onnxruntime, and with SERVICE_PROVIDER=cuda but no CUDA
+    libraries every model fails to load with a clear reason instead of serving on CPU."""
+    tag = "modelserve:gpu-flavour-test"
+    build_image(docker_env, "gpu", tag)
+    probe = ("import importlib.metadata as md, onnxruntime as ort; "
+             "names = {d.metadata['Name'].lower() for d in md.distributions()}; "
+             "print(sorted(n for n in names if n.startswith('onnxruntime')), 'CUDAExecutionProvider' in ort.get_available_providers())")
+    out = sh(["docker", "run", "--rm", "--network", "none", tag, "python", "-c", probe], env=docker_env).stdout.strip()
+    assert out == "['onnxruntime-gpu'] True", out
+    port = free_port()
+    name = f"modelserve-gpu-test-{os.getpid()}"
+    sh(["docker", "run", "-d", "--name", name, "--network", "host", "-e", "BENTOML_HOST=127.0.0.1",
+        "-e", f"BENTOML_PORT={port}", "-e", "MODEL_REGISTRY=/mnt/registry", "-e", "SERVICE_PROVIDER=cuda",
+        "-v", f"{readable_registry}:/mnt/registry:ro", tag], env=docker_env)
+    try:
+        url, deadline, models = f"http://127.0.0.1:{port}", time.monotonic() + 180, None
+        while models is None and time.monotonic() < deadline:
+            try:
+                models = requests.get(f"{url}/models", timeout=5).json()["models"]
+            except (requests.ConnectionError, ValueError, KeyError):
+                time.sleep(1)
+        assert models, sh(["docker", "logs", "--tail", "40", name], env=docker_env, check=False).stderr[-3000:]
+        assert all(m["status"] == "failed" and "provider=cuda" in m["reason"] for m in models), models
+        assert requests.get(f"{url}/readyz", timeout=5).status_code == 503
+    finally:
+        sh(["docker", "rm", "-f", name], env=docker_env, check=False)
+        sh(["docker", "rmi", "-f", tag], env=docker_env, check=False)
