@@ -36,8 +36,7 @@ RUN python3.11 -m venv /opt/venv \
 FROM python-base AS runtime
 ARG ORT_FLAVOUR=gpu
 LABEL org.opencontainers.image.title="modelserve" \
-      org.opencontainers.image.description="BentoML + onnxruntime model service (${ORT_FLAVOUR})" \
-      org.opencontainers.image.licenses="MIT"
+      org.opencontainers.image.description="BentoML + onnxruntime model service (${ORT_FLAVOUR})"
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app
 COPY --from=builder /opt/venv /opt/venv
@@ -46,6 +45,8 @@ WORKDIR /app
 COPY modelkit/ /app/modelkit/
 COPY monitoring/ /app/monitoring/
 COPY service/ /app/service/
+# Bytecode compiled now: the root filesystem may be read-only at run time.
+RUN /opt/venv/bin/python -m compileall -q /app
 COPY exported/ /models/
 # MODEL_REGISTRY: registry root the service reads; mount a newer registry and point this at it.
 # BENTOML_HOST/BENTOML_PORT are read by `bentoml serve`; the health check follows BENTOML_PORT.
@@ -59,6 +60,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     MODELSERVE_ORT_FLAVOUR=${ORT_FLAVOUR}
 USER 10001:10001
 EXPOSE 3000
-HEALTHCHECK --interval=5s --timeout=4s --start-period=60s --retries=3 \
+HEALTHCHECK --interval=5s --timeout=4s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('BENTOML_PORT', '3000'), timeout=3)"]
 CMD ["bentoml", "serve", "service.app:ModelService"]
