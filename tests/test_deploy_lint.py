@@ -162,3 +162,5 @@ def test_dashboards_configmap_holds_every_monitoring_dashboard(rendered):
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboards = {p.name: p.read_text() for p in (ROOT / "monitoring/grafana").rglob("*.json") if '"panels"' in p.read_text()}
     assert configmap.get("data", {}) == dashboards
+    # client-side `kubectl apply` stores the object in an annotation limited to 256 KiB
+    assert len(yaml.safe_dump(configmap)) < 256 * 1024
