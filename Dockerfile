@@ -1,6 +1,5 @@
-# syntax=docker/dockerfile:1
 # Serving image: BentoML + onnxruntime + service/modelkit/monitoring code. Never torch.
-# One file, two flavours (see README "Deploy"):
+# One file, two flavours (see deploy/README.md). No `# syntax=` line: BuildKit would fetch a frontend image.
 #   GPU (default): BASE_IMAGE = NVIDIA CUDA/cuDNN runtime, ORT_FLAVOUR=gpu -> onnxruntime-gpu
 #   CPU:           BASE_IMAGE = a Debian/Ubuntu image,      ORT_FLAVOUR=cpu -> onnxruntime
 # Python packages come from deploy/requirements/serve-<flavour>.lock (generated from pyproject.toml).
