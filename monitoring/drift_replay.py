@@ -18,6 +18,7 @@ is a development tool: the serving image does not run it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -226,13 +227,18 @@ def _rng_pick(items: Sequence[Any], n: int, seed: int) -> list[Any]:
 
 
 def text_data(n: int, seed: int = 0, data_dir: Path | None = None) -> dict[str, list[str]]:
-    """Tweets (2n reference, n in distribution) and German dictionary sentences (other language)."""
-    from training.data.text import load_sentiment
+    """Tweets (2n reference, n in distribution); shifted: German sentences (other language) and
+    Debian package descriptions (other domain)."""
+    from training.data.text import load_sentiment, topics_snapshot
     from training.data.translation import is_sentence, read_ding
 
     tweets = [e.text for e in _rng_pick(load_sentiment(), 3 * n, seed)]
     german = [p.src for p in read_ding() if is_sentence(p.src)]
-    return {"reference": tweets[:2 * n], "in-distribution": tweets[2 * n:], "shifted: German text": _rng_pick(german, n, seed)}
+    snapshot = topics_snapshot(Path(data_dir or DEFAULT_DATA_DIR))
+    descriptions = [json.loads(line)["text"] for line in snapshot.read_text(encoding="utf-8").splitlines()]
+    return {"reference": tweets[:2 * n], "in-distribution": tweets[2 * n:],
+            "shifted: German text": _rng_pick(german, n, seed),
+            "shifted: package descriptions": _rng_pick(descriptions, n, seed)}
 
 
 def image_data(n: int, seed: int = 0, data_dir: Path | None = None) -> dict[str, list[np.ndarray]]:
