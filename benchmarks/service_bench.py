@@ -53,6 +53,7 @@ class Raw:
     b32_items_s: float
     inproc_b1_p50_ms: float
     inproc_b32_items_s: float
+    cpu_ms_per_item: float  # process CPU time (all threads) per item in the batch-32 loop
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Load:
     items_s: float
     p50_ms: float
     p99_ms: float
+    server_cpu_ms_per_item: float = float("nan")  # CPU of the whole server process tree per answered item
 
 
 def sample_item(task: str) -> tuple[object, dict]:
@@ -100,12 +102,15 @@ def measure_raw(registry: Path, name: str, settings: SessionSettings, item, n1: 
         full1.append(time.perf_counter() - t0)
         inf1.append(runtime.last_timings["inference"])
     inf32, full32 = [], []
+    cpu0 = time.process_time()
     for _ in range(n32):
         t0 = time.perf_counter()
         runtime.predict(batch)
         full32.append(time.perf_counter() - t0)
         inf32.append(runtime.last_timings["inference"])
+    cpu_per_item = (time.process_time() - cpu0) / (32 * n32)
     return Raw(
+        cpu_ms_per_item=1000 * cpu_per_item,
         b1_p50_ms=1000 * float(np.median(inf1)),
         b1_p99_ms=1000 * float(np.percentile(inf1, 99)),
         b32_items_s=32 / float(np.median(inf32)),
@@ -150,6 +155,20 @@ class Server:
                 pass
             time.sleep(0.3)
         raise TimeoutError("service not ready")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server and all its processes (arbiter, workers) so far."""
+        import psutil
+
+        root = psutil.Process(self.proc.pid)
+        total = 0.0
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -238,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also measure BentoML's adaptive batching (benchmarks/service_adaptive_baseline.py)")
     args = ap.parse_args(argv)
 
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers - 1)  # the service's default
     settings = SessionSettings(provider=args.provider, variant="fp32", intra_op_threads=threads)
     env = {"SERVICE_THREADS": str(threads), "SERVICE_WORKERS": str(args.workers), "SERVICE_PROVIDER": args.provider,
            "SERVICE_VARIANT": "fp32", "SERVICE_DEFAULT_BATCH__MAX_BATCH_SIZE": str(args.max_batch),
@@ -247,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, baseline_rows = [], []
     with tempfile.TemporaryDirectory(prefix="service-bench-") as tmp:
         tmpdir = Path(tmp)
-        raws, items, tasks, model_versions = {}, {}, {}, {}
+        raws, raws_all, items, tasks, model_versions = {}, {}, {}, {}, {}
+        load_before = os.getloadavg()
         for name in args.models.split(","):
             manifest, _ = load_version(args.registry, name)
             tasks[name] = manifest.task
@@ -256,13 +276,19 @@ def main(argv: list[str] | None = None) -> int:
             items[name] = body | {"model": name}
             print(f"[{name}] raw onnxruntime, {threads} thread(s) ...", flush=True)
             raws[name] = measure_raw(args.registry, name, settings, item, args.raw_iters, max(30, args.raw_iters // 4))
+            cores = os.cpu_count() or 1
+            if threads != cores:  # what a caller bypassing the service could get with every core
+                all_cores = settings.model_copy(update={"intra_op_threads": cores})
+                raws_all[name] = measure_raw(args.registry, name, all_cores, item, args.raw_iters,
+                                             max(30, args.raw_iters // 4))
         server = Server(args.registry, env, tmpdir)
         try:
             server.wait_ready()
             provider = json.loads(_get(f"{server.url}/models"))["models"][0]["provider"]
             for name in args.models.split(","):
                 print(f"[{name}] service: warm-up, 1 client, 32 clients ...", flush=True)
-                one, many = load_runs(server.url + ENDPOINTS[tasks[name]], items[name], tmpdir / f"{name}.json", args)
+                url = server.url + ENDPOINTS[tasks[name]]
+                one, many = load_runs(server, url, items[name], tmpdir / f"{name}.json", args)
                 rows.append((name, raws[name], one, many))
         finally:
             server.stop()
@@ -274,12 +300,17 @@ def main(argv: list[str] | None = None) -> int:
                 for name in args.models.split(","):
                     print(f"[{name}] BentoML adaptive batching baseline ...", flush=True)
                     body = {k: v for k, v in items[name].items() if k != "model"}
-                    one, many = load_runs(server.url + ENDPOINTS[tasks[name]], body, tmpdir / f"{name}-base.json", args)
+                    url = server.url + ENDPOINTS[tasks[name]]
+                    one, many = load_runs(server, url, body, tmpdir / f"{name}-base.json", args)
                     baseline_rows.append((name, raws[name], one, many))
             finally:
                 server.stop()
 
+    load_after = os.getloadavg()
     table = render(rows, provider)
+    for name, raw in raws_all.items():
+        table += (f"\nRaw {name} with all {os.cpu_count()} cores as intra-op threads: batch-1 p50 "
+                  f"{raw.b1_p50_ms:.2f} ms, batch-32 {raw.b32_items_s:,.0f} items/s.\n")
     if baseline_rows:
         table += ("\nBefore/after: the same load against BentoML's adaptive batching "
                   "(`@bentoml.api(batchable=True)`, benchmarks/service_adaptive_baseline.py) instead of "
@@ -292,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         f"hey with one item per request; {args.requests_1} requests at 1 client, {args.requests_32} at 32 clients\n"
         f"- models: {', '.join(f'{n} {v}' for n, v in model_versions.items())} (registry {args.registry})\n"
         f"- measured {time.strftime('%Y-%m-%d %H:%M %Z')}; the load generator shares the machine's cores "
-        "with the service\n\n"
+        f"with the service; load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after "
+        "(other jobs running on the same cores make every number noisier)\n"
+        "- CPU ms/item: CPU time per item of the raw batch-32 loop (all its threads) and of the whole server "
+        "process tree during the 32-client run (client excluded); unlike wall-clock rates it barely depends on "
+        "what else runs on the machine\n\n"
     )
     print()
     print(header + table)
@@ -309,19 +344,23 @@ def _get(url: str) -> str:
         return r.read().decode()
 
 
-def load_runs(url: str, body: dict, body_file: Path, args) -> tuple[Load, Load]:
-    """Warm-up, then the 1-client and 32-client runs."""
+def load_runs(server: "Server", url: str, body: dict, body_file: Path, args) -> tuple[Load, Load]:
+    """Warm-up, then the 1-client and 32-client runs (the latter with the server's CPU per item)."""
     body_file.write_text(json.dumps(body))
     hey(url, body_file, 200, 8, args.timeout)
-    return hey(url, body_file, args.requests_1, 1, args.timeout), hey(url, body_file, args.requests_32, 32, args.timeout)
+    one = hey(url, body_file, args.requests_1, 1, args.timeout)
+    cpu0 = server.cpu_seconds()
+    many = hey(url, body_file, args.requests_32, 32, args.timeout)
+    many.server_cpu_ms_per_item = 1000 * (server.cpu_seconds() - cpu0) / max(many.ok, 1)
+    return one, many
 
 
 def render(rows, provider: str, label: str = "") -> str:
     lines = [
         "| model | raw b1 p50 ms | raw b32 items/s | in-process b1 p50 ms | in-process b32 items/s "
         "| 1 client p50 ms | 1 client p99 ms | 32 clients items/s | 32 clients p50 ms | 32 clients p99 ms "
-        "| errors | 32c >= 0.5x raw b32 | 1c p50 <= raw b1 + 3 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| errors | raw CPU ms/item (b32) | service CPU ms/item (32c) | 32c >= 0.5x raw b32 | 1c p50 <= raw b1 + 3 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for name, raw, one, many in rows:
         throughput_ok = many.items_s >= 0.5 * raw.b32_items_s and many.errors == 0 and one.errors == 0
@@ -330,6 +369,7 @@ def render(rows, provider: str, label: str = "") -> str:
             f"| {label}{name} | {raw.b1_p50_ms:.2f} | {raw.b32_items_s:,.0f} | {raw.inproc_b1_p50_ms:.2f} | "
             f"{raw.inproc_b32_items_s:,.0f} | {one.p50_ms:.2f} | {one.p99_ms:.2f} | {many.items_s:,.0f} | "
             f"{many.p50_ms:.1f} | {many.p99_ms:.1f} | {one.errors + many.errors} | "
+            f"{raw.cpu_ms_per_item:.2f} | {many.server_cpu_ms_per_item:.2f} | "
             f"{'PASS' if throughput_ok else 'FAIL'} ({many.items_s / raw.b32_items_s:.2f}x) | "
             f"{'PASS' if latency_ok else 'FAIL'} (+{one.p50_ms - raw.b1_p50_ms:.2f} ms) |"
         )

@@ -94,7 +94,46 @@ def state() -> ServiceState:
 
 # ---- app and middleware ----------------------------------------------------------------------
 
-api = FastAPI(
+class ServiceAPI(FastAPI):
+    """FastAPI whose inference endpoints skip FastAPI's own routing and middleware stack.
+
+    POST /classify, /translate and /classify_image go straight to their handlers (the same
+    functions FastAPI has registered, so the OpenAPI page still documents them); everything
+    else goes through FastAPI. Both pass through RequestGuard. This saves about a quarter of
+    the event loop's CPU per request (py-spy on this machine), which is what limits
+    throughput for small models.
+    """
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.hot_routes: dict[str, Any] = {}
+        self._guarded = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await super().__call__(scope, receive, send)
+        if self._guarded is None:
+            self._guarded = RequestGuard(self._dispatch)
+        await self._guarded(scope, receive, send)
+
+    async def _dispatch(self, scope, receive, send) -> None:
+        handler = self.hot_routes.get(scope["path"]) if scope["method"] == "POST" else None
+        if handler is None:
+            return await super().__call__(scope, receive, send)
+        request = Request(scope, receive)
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            response = await _on_api_error(request, exc)
+        except RequestValidationError as exc:
+            response = await _on_validation_error(request, exc)
+        except Exception:
+            log.exception("%s %s failed", scope["method"], scope["path"])
+            response = await _on_api_error(request, ApiError(500, "internal error, see the server log"))
+        await response(scope, receive, send)
+
+
+api = ServiceAPI(
     title="modelserve",
     version="1.0",
     description="Serves every model in the registry (exported/) with onnxruntime; see GET /models.",
@@ -121,8 +160,10 @@ def _counted(handler):
     return wrapped
 
 
-api.add_exception_handler(ApiError, _counted(api_error_handler))
-api.add_exception_handler(RequestValidationError, _counted(validation_error_handler))
+_on_api_error = _counted(api_error_handler)
+_on_validation_error = _counted(validation_error_handler)
+api.add_exception_handler(ApiError, _on_api_error)
+api.add_exception_handler(RequestValidationError, _on_validation_error)
 api.add_exception_handler(StarletteHTTPException, _counted(http_error_handler))
 
 class RequestGuard:
@@ -178,7 +219,6 @@ class RequestGuard:
         return None
 
 
-api.add_middleware(RequestGuard)
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -439,5 +479,7 @@ async def _read_multipart(request: Request) -> tuple[str, int | None, list[bytes
 def model_name_of(request: Request) -> str:
     return getattr(request.state, "model", None) or "none"
 
+
+api.hot_routes.update({"/classify": classify, "/translate": translate, "/classify_image": classify_image})
 
 __all__ = ["api", "ServiceState", "set_state", "state", "traffic", "JSONResponse"]

@@ -48,7 +48,9 @@ class ServiceSettings(BaseSettings):
     provider: Literal["auto", "cuda", "cpu"] = "auto"
     variant: Literal["auto", "fp32", "int8"] = "fp32"
     workers: int = Field(1, ge=1, le=64, description="BentoML worker processes")
-    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per worker; 0 = cores // workers")
+    threads: int = Field(
+        0, ge=0, description="onnxruntime intra-op threads per worker; 0 = cores // workers - 1 (at least 1)"
+    )
 
     default_batch: BatchSettings = Field(default_factory=BatchSettings)
     batch: dict[str, BatchSettings] = Field(default_factory=dict, description="per-model overrides of default_batch")
@@ -77,10 +79,15 @@ class ServiceSettings(BaseSettings):
         return tuple(sources)
 
     def intra_op_threads(self) -> int:
-        """Threads per onnxruntime session so that all workers together use every core once."""
+        """Threads per onnxruntime session: each worker's share of the cores, less one for its event loop.
+
+        The event loop (HTTP parsing, validation, JSON) runs beside the model thread; giving
+        onnxruntime every core makes its spinning pool threads fight the loop for CPU
+        (measured on 2 cores: 1.6 vs 0.95 ms of server CPU per request, benchmarks/RESULTS.md).
+        """
         if self.threads:
             return self.threads
-        return max(1, (os.cpu_count() or 1) // self.workers)
+        return max(1, (os.cpu_count() or 1) // self.workers - 1)
 
     def session_settings(self) -> SessionSettings:
         return SessionSettings(
