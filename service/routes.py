@@ -166,6 +166,7 @@ api.add_exception_handler(ApiError, _on_api_error)
 api.add_exception_handler(RequestValidationError, _on_validation_error)
 api.add_exception_handler(StarletteHTTPException, _counted(http_error_handler))
 
+
 class RequestGuard:
     """Pure ASGI middleware: body-size and content-type checks, traffic count, request metrics."""
 
