@@ -31,13 +31,15 @@ def test_one_training_step_reduces_loss_on_its_batch(name, kind, tiny_text_data,
     fam, cfg, splits, model = _prepared(name, tiny_text_data[kind], tmp_path)
     batch = next(iter(fam.batches(cfg, splits, "train", shuffle=True, seed=0)))
     assert batch["input_ids"].shape[0] == cfg.train.batch_size
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    before = fam.loss(model, batch)
-    before.backward()
-    opt.step()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.eval()  # compare losses without dropout noise
     with torch.no_grad():
-        model.eval()
+        before = fam.loss(model, batch)
+    model.train()
+    fam.loss(model, batch).backward()
+    opt.step()
+    model.eval()
+    with torch.no_grad():
         after = fam.loss(model, batch)
     assert torch.isfinite(before) and after.item() < before.item()
 
