@@ -94,7 +94,7 @@ def build_image(env: dict, flavour: str, tag: str) -> None:
     sh(["bash", SCRIPTS / "wheelhouse.sh", flavour, CACHE], env={**env, "PYTHON": sys.executable}, timeout=900)
     try:
         t0 = time.monotonic()
-        sh(["nice", "-n", "10", "docker", "build", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE_TAG}",
+        sh(["docker", "build", "--network", "host", "--build-arg", f"BASE_IMAGE={BASE_TAG}",
             "--build-arg", f"ORT_FLAVOUR={flavour}", "-t", tag, ROOT], env=env, timeout=1500)
         size = int(sh(["docker", "image", "inspect", "-f", "{{.Size}}", tag], env=env).stdout)
         print(f"\nimage {tag}: {size / 1e6:.0f} MB, built in {time.monotonic() - t0:.0f} s")
