@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=240, help="seconds allowed per load run")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--note", default="", help="a line about the models (how they were made) for the header")
     ap.add_argument("--baseline", action="store_true",
                     help="also measure BentoML's adaptive batching (benchmarks/service_adaptive_baseline.py)")
     args = ap.parse_args(argv)
@@ -321,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- settings: provider {provider}, fp32, {args.workers} worker(s), {threads} intra-op thread(s) per session "
         f"(raw runs use the same), max batch {args.max_batch}, max wait {args.max_wait_ms} ms; "
         f"hey with one item per request; {args.requests_1} requests at 1 client, {args.requests_32} at 32 clients\n"
-        f"- models: {', '.join(f'{n} {v}' for n, v in model_versions.items())} (registry {args.registry})\n"
+        f"- models: {', '.join(f'{n} {v}' for n, v in model_versions.items())} (registry {args.registry})"
+        f"{'; ' + args.note if args.note else ''}\n"
         f"- measured {time.strftime('%Y-%m-%d %H:%M %Z')}; the load generator shares the machine's cores "
         f"with the service; load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after "
         "(other jobs running on the same cores make every number noisier)\n"
