@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--raw-iters", type=int, default=300)
     ap.add_argument("--timeout", type=float, default=240, help="seconds allowed per load run")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    ap.add_argument("--multi-items", type=int, default=8, help="items per request in the extra 32-client run (1: skip)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--note", default="", help="a line about the models (how they were made) for the header")
     ap.add_argument("--baseline", action="store_true",
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
            "SERVICE_VARIANT": "fp32", "SERVICE_DEFAULT_BATCH__MAX_BATCH_SIZE": str(args.max_batch),
            "SERVICE_DEFAULT_BATCH__MAX_WAIT_MS": str(args.max_wait_ms),
            "SERVICE_MODELS": json.dumps(args.models.split(","))}
-    rows, baseline_rows = [], []
+    rows, baseline_rows, multi_rows = [], [], []
     with tempfile.TemporaryDirectory(prefix="service-bench-") as tmp:
         tmpdir = Path(tmp)
         raws, raws_all, items, tasks, model_versions = {}, {}, {}, {}, {}
@@ -291,6 +292,17 @@ def main(argv: list[str] | None = None) -> int:
                 url = server.url + ENDPOINTS[tasks[name]]
                 one, many = load_runs(server, url, items[name], tmpdir / f"{name}.json", args)
                 rows.append((name, raws[name], one, many))
+                if args.multi_items > 1:
+                    key = "images" if "images" in items[name] else "texts"
+                    body = items[name] | {key: items[name][key] * args.multi_items}
+                    body_file = tmpdir / f"{name}-multi.json"
+                    body_file.write_text(json.dumps(body))
+                    n = max(32, args.requests_32 // args.multi_items)
+                    cpu0 = server.cpu_seconds()
+                    load = hey(url, body_file, n, 32, args.timeout)
+                    load.server_cpu_ms_per_item = 1000 * (server.cpu_seconds() - cpu0) / max(load.ok * args.multi_items, 1)
+                    load.items_s *= args.multi_items
+                    multi_rows.append((name, raws[name], load))
         finally:
             server.stop()
         if args.baseline:
@@ -309,6 +321,14 @@ def main(argv: list[str] | None = None) -> int:
 
     load_after = os.getloadavg()
     table = render(rows, provider)
+    if multi_rows:
+        table += (f"\n32 clients sending {args.multi_items} items per request "
+                  f"({max(32, args.requests_32 // args.multi_items)} requests):\n\n"
+                  "| model | items/s | vs raw b32 | p50 ms | p99 ms | errors | service CPU ms/item |\n"
+                  "|---|---:|---:|---:|---:|---:|---:|\n")
+        for name, raw, load in multi_rows:
+            table += (f"| {name} | {load.items_s:,.0f} | {load.items_s / raw.b32_items_s:.2f}x | {load.p50_ms:.1f} | "
+                      f"{load.p99_ms:.1f} | {load.errors} | {load.server_cpu_ms_per_item:.2f} |\n")
     for name, raw in raws_all.items():
         table += (f"\nRaw {name} with all {os.cpu_count()} cores as intra-op threads: batch-1 p50 "
                   f"{raw.b1_p50_ms:.2f} ms, batch-32 {raw.b32_items_s:,.0f} items/s.\n")
