@@ -66,9 +66,8 @@ def timed(fn, batches):
 
 def run(version_dir: Path, n_sentences: int, threads: int, max_new_tokens: int | None) -> tuple[list[dict], dict]:
     import torch
-    from transformers import MarianMTModel
 
-    from training.families.translator import TORCH_DIR, torch_generate
+    from training.families.translator import TORCH_DIR, load_torch_model, torch_generate
 
     torch.set_num_threads(threads)
     manifest = Manifest.load(version_dir / MANIFEST_FILE)
@@ -77,7 +76,7 @@ def run(version_dir: Path, n_sentences: int, threads: int, max_new_tokens: int |
     int8 = TranslatorRuntime(manifest, version_dir, SessionSettings(variant="int8", **settings))
     fp32.load()
     int8.load()
-    model = MarianMTModel.from_pretrained(str(version_dir / TORCH_DIR)).eval()
+    model = load_torch_model(version_dir / TORCH_DIR)
     max_new = max_new_tokens or manifest.generation.max_new_tokens
     sources = held_out_sources(manifest, fp32, n_sentences)
 

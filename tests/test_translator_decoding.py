@@ -48,10 +48,10 @@ def tiny(tmp_path_factory):
     splits = fam.prepare_data(cfg, tmp_path_factory.mktemp("data"), pairs=synthetic_pairs(400))
     torch.manual_seed(0)
     model = fam.build_model(cfg, splits)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     stream = fam.batches(cfg, splits, "train", shuffle=True, seed=1)
     model.train()
-    for _ in range(120):
+    for _ in range(400):
         loss = fam.loss(model, next(stream))
         opt.zero_grad()
         loss.backward()
