@@ -42,8 +42,9 @@ class ServerProcess:
 
 
 @contextmanager
-def serve(registry: Path, workdir: Path, *, env: dict[str, str] | None = None, ready_timeout: float = 120.0):
-    """Start the service against ``registry``; wait for /readyz; stop it (process group) afterwards."""
+def serve(registry: Path, workdir: Path, *, env: dict[str, str] | None = None, ready_timeout: float = 120.0,
+          wait_path: str = "/readyz"):
+    """Start the service against ``registry``; wait for ``wait_path`` to answer 200; stop it (process group) after."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "serve.log"
@@ -67,7 +68,7 @@ def serve(registry: Path, workdir: Path, *, env: dict[str, str] | None = None, r
             if proc.poll() is not None:
                 raise RuntimeError(f"bentoml serve exited with {proc.returncode}:\n{server.log()[-4000:]}")
             try:
-                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{server.url}{wait_path}", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

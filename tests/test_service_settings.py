@@ -76,3 +76,26 @@ def test_pinned_version_is_served_instead_of_latest(smoke_models: Path, tmp_path
             models = {m["name"]: m for m in c.get("/models").json()["models"]}
             assert models[name]["version"] == pinned and models[name]["source"].endswith(pinned)
             assert c.post("/classify", json={"model": name, "texts": ["hello"]}).json()["version"] == pinned
+
+
+def test_int8_variant_is_served_when_configured(smoke_models: Path, tmp_path):
+    with serve(smoke_models, tmp_path / "serve", env={"SERVICE_VARIANT": "int8"}) as server:
+        with server.client() as c:
+            models = c.get("/models").json()["models"]
+            assert models and all(m["status"] == "ready" and m["variant"] == "int8" for m in models), models
+            name = names_by_task(smoke_models)["text-classification"]
+            assert c.post("/classify", json={"model": name, "texts": ["hello"]}).status_code == 200
+
+
+def test_forcing_cuda_without_a_gpu_fails_every_model_and_readiness(smoke_models: Path, tmp_path):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has CUDA: forcing it succeeds")
+    with serve(smoke_models, tmp_path / "serve", env={"SERVICE_PROVIDER": "cuda"}, wait_path="/livez") as server:
+        with server.client() as c:
+            assert c.get("/readyz").status_code == 503
+            models = c.get("/models").json()["models"]
+            assert models and all(m["status"] == "failed" and "provider=cuda" in m["reason"] for m in models)
+            name = names_by_task(smoke_models)["text-classification"]
+            assert c.post("/classify", json={"model": name, "texts": ["hello"]}).status_code == 503
