@@ -25,11 +25,18 @@ case "$cmd" in
     echo "dockerd did not answer within 30 s; log:" >&2; tail -20 "$dir/dockerd.log" >&2; exit 1
     ;;
   stop)
-    [ -s "$dir/pid" ] || exit 0
-    pid="$(cat "$dir/pid")"
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 0.5; done
-    kill -9 "$pid" 2>/dev/null || true
+    if [ -s "$dir/pid" ]; then
+      pid="$(cat "$dir/pid")"
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+    # dockerd leaves mounts behind (exec/netns/default, sometimes overlays); unmount them, deepest
+    # first, so the state dir can be deleted.
+    real="$(realpath "$dir")"
+    awk -v d="$real/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
+      umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+    done
     ;;
   *) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
 esac
