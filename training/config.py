@@ -57,6 +57,7 @@ class TrainConfig(_Strict):
     monitor: str | None = None  # validation metric for early stopping; None = family's headline metric
     seed: int = 13
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None = torch default
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when torch sees a GPU
     progress: bool = True  # tqdm bar
 
 

@@ -29,6 +29,11 @@ How to add a family
    in ``modelkit/runtimes/__init__.py``; ``evaluate`` must use it so that serving and
    evaluation cannot disagree.
 
+Devices: the trainer moves the model to ``cfg.train.device`` (CUDA when available with "auto")
+and moves each training batch's tensors before ``loss``; ``validate`` gets the model on that
+device and must move its own batches (``training.trainer.model_device(model)``). After
+training the model is back on CPU for export.
+
 Errors: raise :class:`DataError` (message names file and line) for bad data and
 :class:`training.config.ConfigError` for bad settings; the CLI prints them and exits 2 with
 nothing published.

@@ -27,7 +27,7 @@ from .export import export_all
 from .family import Evaluation, Family
 from .gate import check_baseline_names, evaluate_gate
 from .model_card import write_model_card
-from .trainer import seed_everything, train
+from .trainer import resolve_device, seed_everything, train
 
 LIBRARIES = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime", "scikit-learn", "numpy")
 
@@ -166,7 +166,7 @@ def run_model(
                 command=command,
                 config=cfg.model_dump(mode="json"),
                 duration_s=round(trained.duration_s, 1),
-                device="cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+                device=_device_name(cfg.train.device),
                 num_parameters=n_params,
             ),
             reference_profile=ReferenceProfile(n_samples=0, features={}),
@@ -205,6 +205,11 @@ def run_model(
     if not manifest.gate.passed:
         raise GateFailed(result)
     return result
+
+
+def _device_name(choice: str) -> str:
+    device = resolve_device(choice)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -7,7 +7,6 @@ epoch and draws the curves.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import random
@@ -42,6 +41,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        from .config import ConfigError
+
+        raise ConfigError("train.device=cuda but torch sees no GPU (use auto or cpu)")
+    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's parameters are (validate() moves its batches there)."""
+    return next(model.parameters()).device
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on biases and norm weights."""
     decay, no_decay = [], []
@@ -72,6 +84,8 @@ def train(
     monitor = tc.monitor or family.headline_metric
     if tc.threads:
         torch.set_num_threads(tc.threads)
+    device = resolve_device(tc.device)
+    model.to(device)
     per_epoch = steps_per_epoch(len(splits.train), cfg)
     total = per_epoch * tc.epochs
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr)
@@ -93,6 +107,7 @@ def train(
             for step, batch in enumerate(family.batches(cfg, splits, "train", shuffle=True, seed=tc.seed + epoch)):
                 if step >= per_epoch:
                     break
+                batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
                 loss = family.loss(model, batch)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{label}: loss is {loss.item()} at epoch {epoch} step {step}; lower train.lr")
@@ -121,7 +136,7 @@ def train(
             improved = val[monitor] > best_metric
             if improved:
                 best_metric, best_epoch = val[monitor], epoch
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 bad_epochs = 0
             else:
                 bad_epochs += 1
@@ -140,7 +155,7 @@ def train(
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
-    model.eval()
+    model.to("cpu").eval()  # export and parity checks run on CPU
     curves_plot(history, monitor, plots_dir)
     return TrainResult(
         best_epoch=best_epoch,

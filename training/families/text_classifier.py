@@ -316,10 +316,11 @@ class TextClassifierFamily(Family):
         model.eval()
         out = []
         with torch.no_grad():
+            device = next(model.parameters()).device
             for b in self.batches(cfg, splits, split, shuffle=False, seed=0):
-                logits = model(b["input_ids"], b["attention_mask"])
+                logits = model(b["input_ids"].to(device), b["attention_mask"].to(device))
                 out.append(torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, -1))
-        return torch.cat(out).numpy()
+        return torch.cat(out).cpu().numpy()
 
     def validate(self, model, cfg: TextClassifierConfig, splits: Splits) -> dict[str, float]:
         probs = self._val_probs(model, cfg, splits)
