@@ -7,7 +7,6 @@ tuned on validation. Serving uses modelkit.runtimes.text_classifier (torch-free)
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from modelkit.manifest import DatasetInfo, Postprocessing, TextPreprocessing
-from modelkit.text import MASK, PAD, SPECIAL_TOKENS, UNK, TextEncoder
+from modelkit.text import PAD, SPECIAL_TOKENS, UNK, TextEncoder
 
 from ..config import ConfigError, DataConfig, ModelConfig, _Strict
 from ..data.common import (
