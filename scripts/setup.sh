@@ -7,7 +7,7 @@ APT_PKGS="dataset-fashion-mnist trans-de-en prometheus wrk hey"
 missing=""
 for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 # The topics dataset is read from the package lists (apt-cache dumpavail), so they must be present.
-if [ -n "$missing" ] || ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+if [ -n "$missing" ] || ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then
   $SUDO apt-get update -qq
 fi
 if [ -n "$missing" ]; then
