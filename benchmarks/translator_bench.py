@@ -124,13 +124,16 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+START, END = "<!-- translator_bench:start -->", "<!-- translator_bench:end -->"
+
+
 def write_section(path: Path, body: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md; other headings are untouched."""
+    """Replace (or append) this benchmark's marked section of RESULTS.md; other sections are untouched."""
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    section = f"{HEADING}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
+    section = f"{START}\n{HEADING}\n\n{body.strip()}\n{END}"
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
     if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
+        text = pattern.sub(lambda _: section, text, count=1)
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
