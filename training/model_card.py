@@ -38,7 +38,7 @@ def render(manifest: Manifest, notes: dict[str, str], plots: list[str]) -> str:
         "",
         "## Data",
         f"- source: {m.dataset.source}" + (f" (licence: {m.dataset.licence})" if m.dataset.licence else ""),
-        f"- split sizes (seed {m.dataset.seed}, deduplicated, no text shared across splits): "
+        f"- split sizes (seed {m.dataset.seed}, deduplicated, no example in two splits): "
         + ", ".join(f"{k} {v}" for k, v in m.dataset.split_sizes.items()),
         f"- fingerprint (sha256 of the prepared examples): `{m.dataset.fingerprint}`",
         f"- labels ({len(m.labels)}): " + ", ".join(m.labels[:30]) + (" ..." if len(m.labels) > 30 else ""),
