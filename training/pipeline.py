@@ -114,6 +114,7 @@ def run_model(
         stages[label] = round(now - since, 2)
         return now
 
+    commit = git_commit()  # the code that trains, not whatever is checked out when it finishes
     print(f"\n=== {name} ({family.task}, preset {preset}) ===", flush=True)
     splits = family.prepare_data(cfg, data_dir)
     print(f"  data: {splits.dataset.source}; splits {splits.dataset.split_sizes}; "
@@ -145,7 +146,7 @@ def run_model(
             name=name,
             version=version,
             task=family.task,
-            git_commit=git_commit(),
+            git_commit=commit,
             library_versions=library_versions(),
             description=f"{family.__class__.__name__} trained from scratch with the {preset} preset.",
             labels=splits.labels,
