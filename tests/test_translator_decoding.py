@@ -160,7 +160,7 @@ def test_predict_output_and_features(tiny):
     rt = runtime_for(tiny, "int8")
     out = rt.predict([rt.validate("Der hund sieht ein haus."), rt.validate({"text": "Rot und grün."})], num_beams=2)
     assert len(out) == 2 and all(isinstance(r["translation"], str) for r in out)
-    assert set(out[0]["features"]) == {"source_tokens", "unknown_rate", "length_ratio", "mean_logprob"}
+    assert set(out[0]["features"]) == {"source_tokens", "unknown_rate", "length_ratio", "generated_tokens", "mean_logprob"}
     assert out[0]["features"]["mean_logprob"] <= 0
     assert set(rt.last_timings) == {"preprocess", "inference", "postprocess"}
     unk = rt.predict([rt.validate("Ω")], num_beams=1)[0]["features"]["unknown_rate"]

@@ -42,7 +42,7 @@ def test_manifest_describes_the_seq2seq_version(registry):
         assert key in manifest.metrics["fp32"], key
     assert manifest.metrics["fp32"]["torch_match_greedy_b1"] >= 0.99
     assert set(manifest.baseline_metrics) == {"retrieval", "copy_source"}
-    assert set(manifest.reference_profile.features) == {"source_tokens", "unknown_rate", "length_ratio", "mean_logprob"}
+    assert set(manifest.reference_profile.features) == {"source_tokens", "unknown_rate", "length_ratio", "generated_tokens", "mean_logprob"}
     assert manifest.dataset.source == "user file pairs.tsv" and len(manifest.dataset.fingerprint) == 64
     assert (folder / "MODEL_CARD.md").read_text(encoding="utf-8").count("Sample test translations") == 1
     log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]

@@ -136,6 +136,7 @@ class TranslatorRuntime(Runtime):
                     "source_tokens": float(len(src) - 1),
                     "unknown_rate": float(sum(t == unk for t in src) / n_src) if unk is not None else 0.0,
                     "length_ratio": float(n_out / n_src),
+                    "generated_tokens": float(n_out),
                     "mean_logprob": float(hyp.mean_logprob),
                 },
             })
