@@ -29,6 +29,19 @@ FIELD = "image"
 _MODES = {1: "L", 3: "RGB"}
 
 
+def check_pixels(width: int, height: int, prep: ImagePreprocessing) -> None:
+    """Refuse an image with no pixels (422) or more than ``prep.max_pixels`` (413)."""
+    if width * height == 0:
+        raise InputError(f"image has no pixels ({width}x{height})", field=FIELD, status=422)
+    if width * height > prep.max_pixels:
+        raise InputError(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {prep.max_pixels} pixels",
+            field=FIELD,
+            limit=prep.max_pixels,
+            status=413,
+        )
+
+
 def _pil_mode(channels: int) -> str:
     if channels not in _MODES:
         raise ValueError(f"channels must be 1 or 3, not {channels}")
@@ -58,15 +71,7 @@ def decode_image(data: bytes, prep: ImagePreprocessing) -> Image.Image:
     except (UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise InputError(f"not a supported image file ({e.__class__.__name__})", field=FIELD, status=415) from None
     width, height = img.size
-    if width * height > prep.max_pixels:
-        raise InputError(
-            f"image is {width}x{height} = {width * height} pixels; the limit is {prep.max_pixels} pixels",
-            field=FIELD,
-            limit=prep.max_pixels,
-            status=413,
-        )
-    if width == 0 or height == 0:
-        raise InputError(f"image has no pixels ({width}x{height})", field=FIELD, status=422)
+    check_pixels(width, height, prep)
     try:
         img.load()
         img = ImageOps.exif_transpose(img)
@@ -151,15 +156,7 @@ def array_to_uint8(image: np.ndarray, prep: ImagePreprocessing) -> np.ndarray:
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
         raise InputError(f"image array must be HxW, HxWx3 or HxWx4, got shape {a.shape}", field=FIELD, status=422)
     height, width = a.shape[:2]
-    if height * width == 0:
-        raise InputError(f"image has no pixels ({width}x{height})", field=FIELD, status=422)
-    if height * width > prep.max_pixels:
-        raise InputError(
-            f"image is {width}x{height} = {height * width} pixels; the limit is {prep.max_pixels} pixels",
-            field=FIELD,
-            limit=prep.max_pixels,
-            status=413,
-        )
+    check_pixels(width, height, prep)
     mode = "L" if a.ndim == 2 else ("RGB" if a.shape[2] == 3 else "RGBA")
     return resize_uint8(to_channels(Image.fromarray(a, mode=mode), prep.channels), prep.image_size)
 
