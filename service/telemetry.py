@@ -13,11 +13,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("service.telemetry")
 
-# feature names runtimes use for input sizes (first one present wins), by metrics size kind
-_SIZE_FEATURES = {
-    "tokens": ("token_count", "num_tokens", "n_tokens", "length_tokens", "source_tokens", "tokens"),
-    "generated_tokens": ("generated_tokens", "num_generated_tokens", "output_tokens", "target_tokens"),
-}
+# runtime feature that carries an input size -> metrics size kind
+# (text classifier: token_count; translator: source_tokens, generated_tokens)
+_SIZE_FEATURES = {"token_count": "tokens", "source_tokens": "tokens", "generated_tokens": "generated_tokens"}
 _warned: set[str] = set()
 
 
@@ -64,9 +62,13 @@ def record_batch(model: "ServedModel", rows: int, timings: Mapping[str, float], 
            {k: v for k, v in timings.items() if k in metrics.STAGES}, list(queue_waits))
     _guard("count_items", metrics.count_items, name, version, rows)
     features = [r.get("features") or {} for r in results]
-    sizes = {kind: [f[k] for f in features for k in keys[:1] if k in f] for kind, keys in _size_keys(features).items()}
-    if any(sizes.values()):
-        _guard("observe_inputs", metrics.observe_inputs, name, version, {k: v for k, v in sizes.items() if v})
+    sizes: dict[str, list] = {}
+    for key, kind in _SIZE_FEATURES.items():
+        values = [f[key] for f in features if key in f]
+        if values:
+            sizes.setdefault(kind, []).extend(values)
+    if sizes:
+        _guard("observe_inputs", metrics.observe_inputs, name, version, sizes)
     labels_per_item = None
     confidences = None
     if model.task != "translation":
@@ -81,15 +83,3 @@ def record_batch(model: "ServedModel", rows: int, timings: Mapping[str, float], 
     _guard("observe_predictions", metrics.observe_predictions, name, version, model.manifest, features,
            labels_per_item, confidences)
 
-
-def _size_keys(features: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, ...]]:
-    """Per size kind, the one feature key these results carry (if any)."""
-    if not features:
-        return {}
-    first = features[0]
-    found = {}
-    for kind, keys in _SIZE_FEATURES.items():
-        present = tuple(k for k in keys if k in first)
-        if present:
-            found[kind] = present
-    return found
