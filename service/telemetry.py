@@ -82,4 +82,3 @@ def record_batch(model: "ServedModel", rows: int, timings: Mapping[str, float], 
                 confidences.append(float(top))
     _guard("observe_predictions", metrics.observe_predictions, name, version, model.manifest, features,
            labels_per_item, confidences)
-
