@@ -72,36 +72,3 @@ class TextEncoder:
             ids[row, : len(e.ids)] = e.ids
             mask[row, : len(e.ids)] = 1
         return ids, mask
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-logits))
-
-
-def thresholds_array(thresholds: list[float] | None, n_labels: int) -> np.ndarray:
-    """One threshold per label from a global value or a per-label list (default 0.5)."""
-    if not thresholds:
-        return np.full(n_labels, 0.5)
-    if len(thresholds) == 1:
-        return np.full(n_labels, float(thresholds[0]))
-    if len(thresholds) != n_labels:
-        raise ValueError(f"{len(thresholds)} thresholds for {n_labels} labels")
-    return np.asarray(thresholds, dtype=float)
-
-
-def top_k(scores: np.ndarray, labels: list[str], k: int) -> list[dict]:
-    """The k best labels of one row as [{"label", "score"}], best first."""
-    order = np.argsort(-scores, kind="stable")[:k]
-    return [{"label": labels[i], "score": float(scores[i])} for i in order]
-
-
-def above_threshold(scores: np.ndarray, labels: list[str], thresholds: np.ndarray) -> list[dict]:
-    """Every label whose score reaches its threshold, best first."""
-    idx = [i for i in np.argsort(-scores, kind="stable") if scores[i] >= thresholds[i]]
-    return [{"label": labels[i], "score": float(scores[i])} for i in idx]

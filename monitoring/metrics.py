@@ -24,6 +24,8 @@ API (all label values are strings; ``model``/``version`` are the registry name a
 - ``set_model_info(model, version, task, provider, status, load_seconds=None, manifest=None)``:
   status in ``MODEL_STATUSES``; with a manifest, also exposes its reference fractions and creates
   every drift bin counter at 0 (so a bin never seen live still counts as empty).
+- ``exposition()``: ``(body, content_type)`` of every process's metrics in the text format, for a
+  ``/metrics`` route (all workers' series when ``PROMETHEUS_MULTIPROC_DIR`` is set).
 - ``start_gpu_sampler(interval_s=5.0)``: samples GPU utilisation and memory through nvidia-ml-py
   in a daemon thread; returns False (and no GPU series exist) when no GPU is present. The first
   ``set_model_info`` call of a process starts it, so every serving worker exports GPU metrics.
@@ -38,13 +40,15 @@ features, the zero-padded bin index (``"00"``, ``"01"``, ...) for numeric ones.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from modelkit.manifest import Manifest
 from modelkit.profile import bin_indices
@@ -412,9 +416,20 @@ def start_gpu_sampler(interval_s: float = 5.0) -> bool:
     return default_metrics().start_gpu_sampler(interval_s)
 
 
+def exposition() -> tuple[bytes, str]:
+    """Every worker's metrics (multiprocess mode) or this process's, in Prometheus text format."""
+    default_metrics()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
 __all__ = [
     "ERROR_KINDS", "INPUT_SIZE_KINDS", "METRIC_NAMES", "MODEL_STATUSES", "STAGES", "ServiceMetrics",
-    "count_error", "count_items", "default_metrics", "in_flight", "observe_batch", "observe_inputs",
+    "count_error", "count_items", "default_metrics", "exposition", "in_flight", "observe_batch", "observe_inputs",
     "observe_predictions", "observe_request", "request_finished", "request_started", "set_model_info",
     "start_gpu_sampler",
 ]

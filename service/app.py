@@ -4,7 +4,8 @@ Each worker loads every registered model (validated manifest, verified checksums
 onnxruntime sessions, warm-up) in ``__init__``; BentoML starts answering only after
 that, and ``/readyz`` stays 503 unless at least one model is ready. The HTTP API is a
 FastAPI app (service/routes.py) mounted at ``/`` so that errors, status codes and
-batching are under our control; BentoML provides the server, workers, ``/livez``,
+batching are under our control; its inference endpoints are also installed as an ASGI
+middleware (service/asgi.py) that skips the layers between BentoML's server and the mount; BentoML provides the server, workers, ``/livez``,
 ``/readyz``, ``/metrics`` and the OpenAPI page (``/``, ``/docs.json``). Never imports torch.
 """
 
@@ -16,7 +17,7 @@ import time
 import bentoml
 
 from .models import load_all
-from .routes import ServiceState, api, set_state, traffic
+from .routes import ServiceState, api, inference_routes, set_state, traffic
 from .settings import ServiceSettings
 
 log = logging.getLogger("service")
@@ -64,3 +65,8 @@ class ModelService:
 
     def __is_ready__(self) -> bool:
         return self.state.ready
+
+
+# outermost of our layers: the inference endpoints skip BentoML's request context and the mount
+_fast_path, _fast_path_options = inference_routes()
+ModelService.add_asgi_middleware(_fast_path, **_fast_path_options)

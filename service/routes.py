@@ -6,7 +6,6 @@ import base64
 import binascii
 import json
 import logging
-import time
 from typing import Any, TypeVar
 
 import anyio
@@ -18,10 +17,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from modelkit.runtimes import InputError
+from monitoring import metrics
 
 from . import telemetry
+from .asgi import InferenceRoutes, RequestGuard, endpoint_label
 from .batcher import Overloaded, Traffic
-from .errors import ApiError, api_error_handler, error_response, http_error_handler, validation_error_handler
+from .errors import ApiError, api_error_handler, http_error_handler, validation_error_handler
 from .models import ENDPOINT_TASKS, ServedModel
 from .schemas import (
     ERROR_RESPONSES,
@@ -41,8 +42,6 @@ BodyT = TypeVar("BodyT", bound=BaseModel)
 DEFAULT_TOP_K = 1
 IMAGE_FILE_FIELDS = ("images", "image", "file", "files")
 OFFLOAD_VALIDATION_BYTES = 256 * 1024  # decode big uploads in a thread, not on the event loop
-JSON_ENDPOINTS = {"/classify", "/translate"}
-_KNOWN_PATHS = {"/models", "/classify", "/translate", "/classify_image"}
 
 
 class ServiceState:
@@ -95,42 +94,31 @@ def state() -> ServiceState:
 # ---- app and middleware ----------------------------------------------------------------------
 
 class ServiceAPI(FastAPI):
-    """FastAPI whose inference endpoints skip FastAPI's own routing and middleware stack.
+    """The FastAPI app, every request of which passes through a RequestGuard.
 
-    POST /classify, /translate and /classify_image go straight to their handlers (the same
-    functions FastAPI has registered, so the OpenAPI page still documents them); everything
-    else goes through FastAPI. Both pass through RequestGuard. This saves about a quarter of
-    the event loop's CPU per request (py-spy on this machine), which is what limits
-    throughput for small models.
+    The inference endpoints are also reached without FastAPI: see ``inference_routes`` and
+    service/asgi.py. Both paths run the same handler functions and error handlers.
     """
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        self.hot_routes: dict[str, Any] = {}
         self._guarded = None
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] == "/metrics":  # scrapes are not client traffic
             return await super().__call__(scope, receive, send)
         if self._guarded is None:
-            self._guarded = RequestGuard(self._dispatch)
+            self._guarded = guard(super().__call__)
         await self._guarded(scope, receive, send)
 
-    async def _dispatch(self, scope, receive, send) -> None:
-        handler = self.hot_routes.get(scope["path"]) if scope["method"] == "POST" else None
-        if handler is None:
-            return await super().__call__(scope, receive, send)
-        request = Request(scope, receive)
-        try:
-            response = await handler(request)
-        except ApiError as exc:
-            response = await _on_api_error(request, exc)
-        except RequestValidationError as exc:
-            response = await _on_validation_error(request, exc)
-        except Exception:
-            log.exception("%s %s failed", scope["method"], scope["path"])
-            response = await _on_api_error(request, ApiError(500, "internal error, see the server log"))
-        await response(scope, receive, send)
+
+def _max_request_bytes() -> int | None:
+    return _state.settings.max_request_bytes if _state else None
+
+
+def guard(app) -> RequestGuard:
+    """``app`` behind the request guard (limits from the loaded settings, the shared traffic count)."""
+    return RequestGuard(app, _traffic, _max_request_bytes)
 
 
 api = ServiceAPI(
@@ -153,8 +141,7 @@ def _error_kind(status: int, message: str) -> str:
 def _counted(handler):
     async def wrapped(request: Request, exc: Exception):
         response = await handler(request, exc)
-        endpoint = request.url.path if request.url.path in _KNOWN_PATHS else "other"
-        telemetry.count_error(endpoint, model_name_of(request), _error_kind(response.status_code, str(exc)))
+        telemetry.count_error(endpoint_label(request.url.path), model_name_of(request), _error_kind(response.status_code, str(exc)))
         return response
 
     return wrapped
@@ -165,61 +152,6 @@ _on_validation_error = _counted(validation_error_handler)
 api.add_exception_handler(ApiError, _on_api_error)
 api.add_exception_handler(RequestValidationError, _on_validation_error)
 api.add_exception_handler(StarletteHTTPException, _counted(http_error_handler))
-
-
-class RequestGuard:
-    """Pure ASGI middleware: body-size and content-type checks, traffic count, request metrics."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope["path"]
-        endpoint = path if path in _KNOWN_PATHS else "other"
-        t0 = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        _traffic.in_handlers += 1
-        telemetry.request_started(endpoint)
-        try:
-            early = self._precheck(scope, path)
-            if early is not None:
-                telemetry.count_error(endpoint, "none", "validation")
-                await error_response(Request(scope), early)(scope, receive, send_wrapper)
-            else:
-                await self.app(scope, receive, send_wrapper)
-        finally:
-            _traffic.in_handlers -= 1
-            telemetry.request_finished(endpoint)
-            telemetry.record_request(endpoint, status, time.perf_counter() - t0)
-
-    @staticmethod
-    def _precheck(scope, path: str) -> ApiError | None:
-        if scope["method"] != "POST":
-            return None
-        headers = dict(scope["headers"])
-        length = headers.get(b"content-length")
-        limit = _state.settings.max_request_bytes if _state else None
-        if limit and length and length.isdigit() and int(length) > limit:
-            return ApiError(413, f"request body is {int(length)} bytes, limit {limit}", field="body", limit=limit)
-        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().decode("latin-1").lower()
-        if path in JSON_ENDPOINTS and ctype != "application/json":
-            return ApiError(415, f"content type {ctype or 'missing'!r} not accepted; send application/json",
-                            field="content-type", limit=["application/json"])
-        if path == "/classify_image" and ctype not in ("application/json", "multipart/form-data"):
-            return ApiError(415, f"content type {ctype or 'missing'!r} not accepted",
-                            field="content-type", limit=["multipart/form-data", "application/json"])
-        return None
-
-
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -306,6 +238,14 @@ async def list_models() -> ModelsResponse:
             info.max_wait_ms = m.batcher.max_wait_s * 1000
         infos.append(info)
     return ModelsResponse(models=infos)
+
+
+@api.get("/metrics", include_in_schema=False)
+async def prometheus_metrics() -> Response:
+    """Prometheus exposition of every worker's metrics (BentoML's own route replaces this one
+    when SERVICE_BENTOML_METRICS is on)."""
+    body, content_type = await anyio.to_thread.run_sync(metrics.exposition)
+    return Response(body, media_type=content_type)
 
 
 def _limits(m: ServedModel) -> dict[str, Any]:
@@ -481,6 +421,10 @@ def model_name_of(request: Request) -> str:
     return getattr(request.state, "model", None) or "none"
 
 
-api.hot_routes.update({"/classify": classify, "/translate": translate, "/classify_image": classify_image})
+def inference_routes() -> tuple[type[InferenceRoutes], dict[str, Any]]:
+    """The fast-path middleware and its options, for ``Service.add_asgi_middleware``."""
+    routes = {"/classify": classify, "/translate": translate, "/classify_image": classify_image}
+    return InferenceRoutes, {"routes": routes, "guard": guard, "on_api_error": _on_api_error,
+                             "on_validation_error": _on_validation_error}
 
 __all__ = ["api", "ServiceState", "set_state", "state", "traffic", "JSONResponse"]

@@ -60,7 +60,11 @@ class ServiceSettings(BaseSettings):
     warmup: bool = True
     access_log: bool = Field(False, description="BentoML per-request access log lines (costs CPU per request)")
     tracing: bool = Field(False, description="OpenTelemetry spans per request (BentoML); off saves CPU per request")
-    bentoml_metrics: bool = Field(True, description="BentoML's own bentoml_service_* request metrics")
+    bentoml_metrics: bool = Field(
+        False,
+        description="BentoML's own bentoml_service_* request metrics (its middleware costs CPU per request; "
+        "the modelserve_* metrics cover requests either way, and /metrics is served in both cases)",
+    )
     request_timeout_s: float = Field(120.0, gt=0, description="BentoML request timeout")
 
     @classmethod

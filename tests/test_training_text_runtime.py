@@ -11,7 +11,8 @@ import pytest
 from modelkit.onnx_session import SessionSettings
 from modelkit.registry import load_version
 from modelkit.runtimes import InputError, create_runtime
-from modelkit.text import TextEncoder, above_threshold, sigmoid, softmax, thresholds_array, top_k
+from modelkit.scores import above_threshold, sigmoid, softmax, thresholds_array, top_k
+from modelkit.text import TextEncoder
 
 
 def _runtime(registry, name, variant="fp32"):
@@ -61,7 +62,8 @@ def test_validate_rejects_bad_text(smoke_registry):
 
 def test_long_text_is_truncated_and_counted(smoke_registry):
     rt = _runtime(smoke_registry, "sentiment")
-    enc = rt.validate("word " * 300)
+    text = rt.validate("word " * 300)
+    enc = rt.encoder.encode_batch([text])[0]
     assert len(enc.ids) == rt.manifest.preprocessing.max_length and enc.token_count >= 300
 
 

@@ -9,16 +9,10 @@ import numpy as np
 
 from .. import image
 from ..onnx_session import open_session
+from ..scores import ranked, softmax
 from .base import InputError, Runtime
 
 DEFAULT_TOP_K = 5
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, stable for large logits."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class ImageClassifierRuntime(Runtime):
@@ -68,22 +62,19 @@ class ImageClassifierRuntime(Runtime):
         (logits,) = self.session.run([self.output_name], {self.input_name: x})
         t2 = time.perf_counter()
         probs = softmax(logits.astype(np.float64))
-        order = np.argsort(-probs, axis=1, kind="stable")
-        results = []
-        for i in range(len(items)):
-            top = order[i, :k]
-            best = int(top[0])
-            results.append(
-                {
-                    "labels": [{"label": self.labels[j], "score": float(probs[i, j])} for j in top],
-                    "features": {
-                        "mean_intensity": float(mean_intensity[i]),
-                        "contrast": float(contrast[i]),
-                        "predicted_class": self.labels[best],
-                        "top_confidence": float(probs[i, best]),
-                    },
-                }
-            )
+        ranks = ranked(probs, self.labels, k)
+        results = [
+            {
+                "labels": labels,
+                "features": {
+                    "mean_intensity": mean,
+                    "contrast": spread,
+                    "predicted_class": labels[0]["label"],
+                    "top_confidence": labels[0]["score"],
+                },
+            }
+            for labels, mean, spread in zip(ranks, mean_intensity.tolist(), contrast.tolist())
+        ]
         t3 = time.perf_counter()
         self.last_timings = {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2}
         return results

@@ -9,7 +9,8 @@ import numpy as np
 
 from ..manifest import TextPreprocessing
 from ..onnx_session import open_session
-from ..text import EncodedText, TextEncoder, above_threshold, sigmoid, softmax, thresholds_array, top_k
+from ..scores import above_threshold, ranked, sigmoid, softmax, thresholds_array
+from ..text import EncodedText, TextEncoder
 from .base import InputError, Runtime
 
 
@@ -52,10 +53,12 @@ class TextClassifierRuntime(Runtime):
             raise InputError(f"text has {len(item)} characters; the limit is {limit}", field="text", limit=limit)
         return item
 
-    def validate(self, item: Any) -> EncodedText:
+    def validate(self, item: Any) -> str | EncodedText:
+        """The checked text; tokenization waits for the batch (one ``encode_batch`` call is
+        cheaper per item, and in the service it runs in the model's thread, not the event loop)."""
         if isinstance(item, EncodedText):
             return item
-        return self.encoder.encode_batch([self._check(item)])[0]
+        return self._check(item)
 
     def _encode(self, items: list[Any]) -> list[EncodedText]:
         """Validated items pass through; raw ones are checked and encoded in one batch."""
@@ -87,21 +90,21 @@ class TextClassifierRuntime(Runtime):
         n = len(self.labels)
         k = n if k is None else max(1, min(int(k), n))
         probs = sigmoid(logits) if self.multi_label else softmax(logits)
+        ranks = ranked(probs, self.labels, None if self.multi_label else k)
         out = []
-        for enc, row in zip(encoded, probs):
-            best = int(np.argmax(row))
+        for enc, row, labels in zip(encoded, probs, ranks):
             features = {
                 "token_count": enc.token_count,
                 "unknown_token_rate": enc.unknown_rate,
-                "predicted_class": self.labels[best],
-                "top_confidence": float(row[best]),
+                "predicted_class": labels[0]["label"],
+                "top_confidence": labels[0]["score"],
             }
             if self.multi_label:
                 chosen = above_threshold(row, self.labels, self.thresholds)
                 features["labels_per_item"] = len(chosen)
-                out.append({"labels": chosen, "scores": {l: float(s) for l, s in zip(self.labels, row)}, "features": features})
+                out.append({"labels": chosen, "scores": dict(zip(self.labels, row.tolist())), "features": features})
             else:
-                out.append({"labels": top_k(row, self.labels, k), "features": features})
+                out.append({"labels": labels, "features": features})
         return out
 
     def warmup(self) -> None:
