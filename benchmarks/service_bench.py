@@ -3,8 +3,11 @@
 Raw: the model's own graph in-process through its runtime, with the service's thread
 count; "raw" latency is onnxruntime's ``session.run`` time (``last_timings["inference"]``),
 "in-process" adds the runtime's pre/post-processing. Service: the real ``bentoml serve``
-over HTTP, driven by ``hey`` (low CPU) with one item per request: 1 client (p50, p99)
-and 32 clients (items/s, p50, p99, errors), fixed request counts, bounded time.
+over HTTP, driven by ``wrk`` (default; benchmarks/wrk_fixed_count.lua stops it after a
+fixed number of responses) or ``hey``, with one item per request: 1 client (p50, p99) and
+32 clients (items/s, p50, p99, errors), fixed request counts, bounded time. The load
+generator runs on the same cores as the service, so its own CPU per request is reported:
+hey spends several times more than wrk, CPU the service then lacks.
 
     .venv/bin/python benchmarks/service_bench.py [--registry exported] [--models sentiment,fashion]
 
@@ -20,6 +23,7 @@ import io
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -66,6 +70,7 @@ class Load:
     p50_ms: float
     p99_ms: float
     server_cpu_ms_per_item: float = float("nan")  # CPU of the whole server process tree per answered item
+    client_cpu_ms_per_request: float = float("nan")  # CPU of the load generator per request
 
 
 def sample_item(task: str) -> tuple[object, dict]:
@@ -179,6 +184,11 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def hey(url: str, body_file: Path, n: int, c: int, timeout_s: float) -> Load:
     """Run hey with CSV output; latency percentiles and items/s from its per-request rows.
 
@@ -188,7 +198,9 @@ def hey(url: str, body_file: Path, n: int, c: int, timeout_s: float) -> Load:
     n = (n // c) * c
     cmd = ["hey", "-n", str(n), "-c", str(c), "-t", "20", "-m", "POST", "-T", "application/json",
            "-D", str(body_file), "-o", "csv", url]
+    cpu0 = _children_cpu()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s).stdout
+    client_cpu = _children_cpu() - cpu0
     rows = list(csv.DictReader(io.StringIO(out)))
     lat = np.array([float(r["response-time"]) for r in rows])
     status = [r["status-code"] for r in rows]
@@ -198,7 +210,38 @@ def hey(url: str, body_file: Path, n: int, c: int, timeout_s: float) -> Load:
     elapsed = float(ends.max() - starts.min()) if rows else float("nan")
     return Load(clients=c, requests=n, ok=ok, errors=n - ok, items_s=ok / elapsed if elapsed else 0.0,
                 p50_ms=1000 * float(np.median(lat)) if rows else float("nan"),
-                p99_ms=1000 * float(np.percentile(lat, 99)) if rows else float("nan"))
+                p99_ms=1000 * float(np.percentile(lat, 99)) if rows else float("nan"),
+                client_cpu_ms_per_request=1000 * client_cpu / max(len(rows), 1))
+
+
+WRK_SCRIPT = ROOT / "benchmarks" / "wrk_fixed_count.lua"
+
+
+def wrk(url: str, body_file: Path, n: int, c: int, timeout_s: float) -> Load:
+    """Run wrk (one thread, ``c`` connections) until ``n`` responses; see wrk_fixed_count.lua.
+
+    Errors are non-200 answers plus socket errors, and every missing response if wrk ran
+    out of time before ``n``. Latency percentiles come from wrk's own histogram.
+    """
+    env = {**os.environ, "BODY": str(body_file), "N": str(n)}
+    cmd = ["wrk", "-t1", f"-c{c}", f"-d{int(timeout_s)}s", "--timeout", "20s", "--latency", "-s", str(WRK_SCRIPT), url]
+    cpu0 = _children_cpu()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 30, env=env).stdout
+    client_cpu = _children_cpu() - cpu0
+    line = next((ln for ln in out.splitlines() if ln.startswith("FIXED_COUNT ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no FIXED_COUNT line:\n{out[-2000:]}")
+    r = json.loads(line.split(" ", 1)[1])
+    answered = r["responses"]
+    ok = answered - r["non_200"]
+    errors = r["non_200"] + r["socket_errors"] + (n - answered)
+    return Load(clients=c, requests=n, ok=ok, errors=errors,
+                items_s=ok / r["seconds"] if r["complete"] and r["seconds"] > 0 else 0.0,
+                p50_ms=r["p50_us"] / 1000, p99_ms=r["p99_us"] / 1000,
+                client_cpu_ms_per_request=1000 * client_cpu / max(answered, 1))
+
+
+LOAD_GENERATORS = {"wrk": wrk, "hey": hey}
 
 
 def machine() -> str:
@@ -221,8 +264,8 @@ def versions() -> str:
             parts.append(f"{n} {metadata.version(n)}")
         except metadata.PackageNotFoundError:
             pass
-    hey_path = shutil.which("hey")
-    parts.append(f"hey ({hey_path})")
+    for tool in ("wrk", "hey"):
+        parts.append(f"{tool} ({shutil.which(tool)})")
     return ", ".join(parts)
 
 
@@ -253,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=240, help="seconds allowed per load run")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     ap.add_argument("--multi-items", type=int, default=8, help="items per request in the extra 32-client run (1: skip)")
+    ap.add_argument("--client", default="wrk", choices=sorted(LOAD_GENERATORS), help="load generator")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--note", default="", help="a line about the models (how they were made) for the header")
     ap.add_argument("--baseline", action="store_true",
@@ -299,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                     body_file.write_text(json.dumps(body))
                     n = max(32, args.requests_32 // args.multi_items)
                     cpu0 = server.cpu_seconds()
-                    load = hey(url, body_file, n, 32, args.timeout)
+                    load = LOAD_GENERATORS[args.client](url, body_file, n, 32, args.timeout)
                     load.server_cpu_ms_per_item = 1000 * (server.cpu_seconds() - cpu0) / max(load.ok * args.multi_items, 1)
                     load.items_s *= args.multi_items
                     multi_rows.append((name, raws[name], load))
@@ -341,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- machine: {machine()}\n- versions: {versions()}\n"
         f"- settings: provider {provider}, fp32, {args.workers} worker(s), {threads} intra-op thread(s) per session "
         f"(raw runs use the same), max batch {args.max_batch}, max wait {args.max_wait_ms} ms; "
-        f"hey with one item per request; {args.requests_1} requests at 1 client, {args.requests_32} at 32 clients\n"
+        f"load generator {args.client} with one item per request; {args.requests_1} requests at 1 client, "
+        f"{args.requests_32} at 32 clients\n"
         f"- models: {', '.join(f'{n} {v}' for n, v in model_versions.items())} (registry {args.registry})"
         f"{'; ' + args.note if args.note else ''}\n"
         f"- measured {time.strftime('%Y-%m-%d %H:%M %Z')}; the load generator shares the machine's cores "
@@ -349,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         "(other jobs running on the same cores make every number noisier)\n"
         "- CPU ms/item: CPU time per item of the raw batch-32 loop (all its threads) and of the whole server "
         "process tree during the 32-client run (client excluded); unlike wall-clock rates it barely depends on "
-        "what else runs on the machine\n\n"
+        "what else runs on the machine; client CPU ms/request: the load generator's own CPU, taken from the "
+        "same two cores\n\n"
     )
     print()
     print(header + table)
@@ -369,10 +415,11 @@ def _get(url: str) -> str:
 def load_runs(server: "Server", url: str, body: dict, body_file: Path, args) -> tuple[Load, Load]:
     """Warm-up, then the 1-client and 32-client runs (the latter with the server's CPU per item)."""
     body_file.write_text(json.dumps(body))
-    hey(url, body_file, 200, 8, args.timeout)
-    one = hey(url, body_file, args.requests_1, 1, args.timeout)
+    run = LOAD_GENERATORS[args.client]
+    run(url, body_file, 200, 8, args.timeout)
+    one = run(url, body_file, args.requests_1, 1, args.timeout)
     cpu0 = server.cpu_seconds()
-    many = hey(url, body_file, args.requests_32, 32, args.timeout)
+    many = run(url, body_file, args.requests_32, 32, args.timeout)
     many.server_cpu_ms_per_item = 1000 * (server.cpu_seconds() - cpu0) / max(many.ok, 1)
     return one, many
 
@@ -381,8 +428,9 @@ def render(rows, provider: str, label: str = "") -> str:
     lines = [
         "| model | raw b1 p50 ms | raw b32 items/s | in-process b1 p50 ms | in-process b32 items/s "
         "| 1 client p50 ms | 1 client p99 ms | 32 clients items/s | 32 clients p50 ms | 32 clients p99 ms "
-        "| errors | raw CPU ms/item (b32) | service CPU ms/item (32c) | 32c >= 0.5x raw b32 | 1c p50 <= raw b1 + 3 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| errors | raw CPU ms/item (b32) | service CPU ms/item (32c) | client CPU ms/request (32c) "
+        "| 32c >= 0.5x raw b32 | 1c p50 <= raw b1 + 3 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for name, raw, one, many in rows:
         throughput_ok = many.items_s >= 0.5 * raw.b32_items_s and many.errors == 0 and one.errors == 0
@@ -391,7 +439,7 @@ def render(rows, provider: str, label: str = "") -> str:
             f"| {label}{name} | {raw.b1_p50_ms:.2f} | {raw.b32_items_s:,.0f} | {raw.inproc_b1_p50_ms:.2f} | "
             f"{raw.inproc_b32_items_s:,.0f} | {one.p50_ms:.2f} | {one.p99_ms:.2f} | {many.items_s:,.0f} | "
             f"{many.p50_ms:.1f} | {many.p99_ms:.1f} | {one.errors + many.errors} | "
-            f"{raw.cpu_ms_per_item:.2f} | {many.server_cpu_ms_per_item:.2f} | "
+            f"{raw.cpu_ms_per_item:.2f} | {many.server_cpu_ms_per_item:.2f} | {many.client_cpu_ms_per_request:.3f} | "
             f"{'PASS' if throughput_ok else 'FAIL'} ({many.items_s / raw.b32_items_s:.2f}x) | "
             f"{'PASS' if latency_ok else 'FAIL'} (+{one.p50_ms - raw.b1_p50_ms:.2f} ms) |"
         )

