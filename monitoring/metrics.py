@@ -39,6 +39,7 @@ features, the zero-padded bin index (``"00"``, ``"01"``, ...) for numeric ones.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -130,6 +131,9 @@ class ServiceMetrics:
                                      multiprocess_mode="mostrecent", **r)
         self.gpu_memory_total = Gauge(name("gpu_memory_total_bytes"), "GPU memory in total.", ["gpu"],
                                       multiprocess_mode="mostrecent", **r)
+        # children of the per-request series, looked up once (labels() costs as much as the update)
+        self._request_children: dict[tuple[str, int | str], tuple[Any, Any]] = {}
+        self._in_flight_children: dict[str, Any] = {}
         self._status: dict[tuple[str, str], tuple[str, str, str]] = {}
         self._profiles: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -139,16 +143,26 @@ class ServiceMetrics:
     # --- requests -------------------------------------------------------------------------
     def observe_request(self, endpoint: str, status: int | str, seconds: float) -> None:
         """One answered HTTP request."""
-        labels = (endpoint, str(status))
-        self.requests.labels(*labels).inc()
-        self.request_duration.labels(*labels).observe(seconds)
+        children = self._request_children.get((endpoint, status))
+        if children is None:
+            labels = (endpoint, str(status))
+            children = self.requests.labels(*labels), self.request_duration.labels(*labels)
+            self._request_children[(endpoint, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def request_started(self, endpoint: str) -> None:
         """A request entered the handlers (pair with ``request_finished``)."""
-        self.in_flight_requests.labels(endpoint).inc()
+        self._in_flight(endpoint).inc()
 
     def request_finished(self, endpoint: str) -> None:
-        self.in_flight_requests.labels(endpoint).dec()
+        self._in_flight(endpoint).dec()
+
+    def _in_flight(self, endpoint: str):
+        child = self._in_flight_children.get(endpoint)
+        if child is None:
+            child = self._in_flight_children[endpoint] = self.in_flight_requests.labels(endpoint)
+        return child
 
     @contextmanager
     def in_flight(self, endpoint: str):
@@ -201,9 +215,8 @@ class ServiceMetrics:
                             top_confidences: Sequence[float] | None = None) -> None:
         """Count predicted classes, top confidences and the drift bins of every profiled feature."""
         if labels_per_item is not None:
-            for labels in labels_per_item:
-                for label in labels:
-                    self.predictions.labels(model, version, str(label)).inc()
+            for label, n in collections.Counter(str(lab) for labels in labels_per_item for lab in labels).items():
+                self.predictions.labels(model, version, label).inc(n)
         if top_confidences is not None:
             child = self.confidence.labels(model, version)
             for c in top_confidences:
