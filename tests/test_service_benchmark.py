@@ -1,0 +1,74 @@
+"""benchmarks/service_bench.py runs end to end: raw onnxruntime, the real `bentoml serve`, wrk and hey.
+
+Tiny request counts on the smoke models: this checks the script and its parsing of the load
+generators' output, not speed (the numbers live in benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from service_support import names_by_task, smoke_models  # noqa: F401  (fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("service_bench", ROOT / "benchmarks" / "service_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(text: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 16 and cells[0] not in ("model", "---"):
+            rows[cells[0]] = cells
+    return rows
+
+
+@pytest.mark.parametrize("client", ["wrk", "hey"])
+def test_service_bench_measures_raw_and_service_with_zero_errors(smoke_models, tmp_path, client):  # noqa: F811
+    by_task = names_by_task(smoke_models)
+    models = [by_task["text-classification"], by_task["image-classification"]]
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\nkept text\n")
+    rc = _bench().main(["--registry", str(smoke_models), "--models", ",".join(models), "--client", client,
+                        "--requests-1", "40", "--requests-32", "320", "--raw-iters", "20", "--multi-items", "4",
+                        "--timeout", "120", "--results", str(results)])
+    assert rc == 0
+    text = results.read_text()
+    assert "kept text" in text and f"load generator {client}" in text
+    rows = _rows(text)
+    assert set(rows) == set(models)
+    for name in models:
+        cells = rows[name]
+        raw_b32, service_items_s, errors = (float(cells[i].replace(",", "")) for i in (2, 7, 10))
+        assert raw_b32 > 0 and service_items_s > 0
+        assert errors == 0, cells
+        assert re.fullmatch(r"(PASS|FAIL) \(\d+\.\d\dx\)", cells[14])
+        client_cpu = float(cells[13])
+        assert 0 < client_cpu < 5, cells  # the generator's own CPU per request, in ms
+    multi = re.findall(r"^\| (\S+) \| ([\d,]+) \| ([\d.]+)x \|", text, flags=re.M)
+    assert {m[0] for m in multi} == set(models)
+
+
+def test_wrk_counts_non_200_answers_as_errors(smoke_models, tmp_path):  # noqa: F811
+    """A request the service refuses (unknown model: 404) is an error in the wrk runner's count."""
+    from service_support import serve
+
+    bench = _bench()
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"model": "no-such-model", "texts": ["hello"]}))
+    with serve(smoke_models, tmp_path) as server:
+        load = bench.wrk(f"{server.url}/classify", body, 50, 4, 60)
+    assert load.errors == 50 and load.ok == 0
