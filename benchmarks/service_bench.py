@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from modelkit.onnx_session import SessionSettings  # noqa: E402
+from modelkit.readiness import wait_until_ready  # noqa: E402
 from modelkit.registry import load_version  # noqa: E402
 from modelkit.runtimes import create_runtime  # noqa: E402
 
@@ -146,20 +147,8 @@ class Server:
                 cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 120) -> None:
-        import urllib.request
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError("service not ready")
+        wait_until_ready(f"{self.url}/readyz", self.proc, timeout=timeout, name="bentoml serve",
+                         log=lambda: self.log.read_text(errors="replace"))
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the server and all its processes (arbiter, workers) so far."""

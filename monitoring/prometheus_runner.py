@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from modelkit.readiness import wait_until_ready
+
 PROMETHEUS_DIR = Path(__file__).resolve().parent / "prometheus"
 
 
@@ -73,17 +75,8 @@ class Prometheus:
              f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle", "--log.level=warn"],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self._proc.returncode}: {self.log()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError(f"prometheus not ready after 30 s: {self.log()}")
+        wait_until_ready(f"{self.url}/-/ready", self._proc, timeout=30, name="prometheus", log=self.log, poll_s=0.1)
+        return self
 
     def __exit__(self, *exc: Any) -> None:
         if self._proc is not None:

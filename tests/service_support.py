@@ -9,12 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+
+from modelkit.readiness import wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 BENTOML = Path(sys.executable).with_name("bentoml")
@@ -63,18 +64,7 @@ def serve(registry: Path, workdir: Path, *, env: dict[str, str] | None = None, r
         )
     server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {proc.returncode}:\n{server.log()[-4000:]}")
-            try:
-                if httpx.get(f"{server.url}{wait_path}", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"service not ready after {ready_timeout} s:\n{server.log()[-4000:]}")
-            time.sleep(0.3)
+        wait_until_ready(f"{server.url}{wait_path}", proc, timeout=ready_timeout, name="bentoml serve", log=server.log)
         yield server
     finally:
         if proc.poll() is None:
