@@ -99,3 +99,18 @@ def test_forcing_cuda_without_a_gpu_fails_every_model_and_readiness(smoke_models
             assert models and all(m["status"] == "failed" and "provider=cuda" in m["reason"] for m in models)
             name = names_by_task(smoke_models)["text-classification"]
             assert c.post("/classify", json={"model": name, "texts": ["hello"]}).status_code == 503
+
+
+def test_metrics_route_serves_both_ways_and_scrapes_are_not_client_traffic(smoke_models, tmp_path):
+    """Default: the app's /metrics (no bentoml_* request series); SERVICE_BENTOML_METRICS=true: BentoML's
+    route, which also carries the modelserve_* series. Neither counts the scrape as a request."""
+    name = names_by_task(smoke_models)["text-classification"]
+    for bentoml_metrics in ("false", "true"):
+        env = {"SERVICE_BENTOML_METRICS": bentoml_metrics, "SERVICE_MODELS": json.dumps([name])}
+        with serve(smoke_models, tmp_path / f"serve-{bentoml_metrics}", env=env) as server, server.client() as c:
+            assert c.post("/classify", json={"model": name, "texts": ["fine"]}).status_code == 200
+            c.get("/metrics")
+            text = c.get("/metrics").text
+        assert 'modelserve_requests_total{endpoint="/classify",status="200"} 1.0' in text
+        assert 'endpoint="other"' not in text.split("modelserve_requests_total", 1)[1].split("# HELP", 1)[0]
+        assert ("bentoml_service_request_total" in text) == (bentoml_metrics == "true")
