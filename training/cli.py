@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import shlex
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from modelkit.registry import default_root, list_versions
@@ -68,30 +71,63 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def parallel_jobs(jobs: str, configs: dict[str, ModelConfig], families: dict) -> int:
+    """How many models train at once: ``auto`` runs models in separate processes only when every
+    selected family allows it (``concurrent_training``) and each pins ``train.threads``, as many
+    as the CPU cores hold; everything else trains one model after another."""
+    if jobs != "auto":
+        try:
+            n = int(jobs)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ConfigError(f"--jobs {jobs!r}: expected a positive integer or auto")
+        return min(n, len(configs))
+    threads = [cfg.train.threads for cfg in configs.values()]
+    if len(configs) < 2 or None in threads or not all(
+        getattr(families[name], "concurrent_training", False) for name in configs
+    ):
+        return 1
+    return max(1, min(len(configs), (os.cpu_count() or 1) // max(threads)))
+
+
+def _train_one(name: str, cfg: ModelConfig, options: dict) -> tuple[bool, object]:
+    """Run one model (in this process or a worker): (gate passed, ModelResult)."""
     from .families import available_models
     from .pipeline import GateFailed, run_model
+
+    try:
+        return True, run_model(name, available_models()[name], cfg, **options)
+    except GateFailed as exc:  # the result travels back; the exception itself does not pickle
+        print(f"\n[{name}] GATE FAILED: {exc}", file=sys.stderr, flush=True)
+        return False, exc.result
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .families import available_models
 
     configs = resolve_configs(
         args.models, args.preset, config_file=args.config, data=args.data or [], sets=args.set or []
     )
-    families = available_models()
+    jobs = parallel_jobs(args.jobs, configs, available_models())
     registry = Path(args.registry) if args.registry else default_root()
-    data_dir = Path(args.data_dir)
-    command = "python -m training " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    options = {
+        "registry_root": registry, "data_dir": Path(args.data_dir), "preset": args.preset,
+        "command": "python -m training " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    }
     failed: list[str] = []
     summary = []
     t_all = time.perf_counter()
-    for name, cfg in configs.items():
-        try:
-            result = run_model(
-                name, families[name], cfg, registry_root=registry, data_dir=data_dir, preset=args.preset, command=command
-            )
-        except GateFailed as exc:
-            print(f"\n[{name}] GATE FAILED: {exc}", file=sys.stderr)
+    if jobs > 1:
+        print(f"training {len(configs)} models in {jobs} parallel processes", flush=True)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {name: pool.submit(_train_one, name, cfg, options) for name, cfg in configs.items()}
+            outcomes = {name: f.result() for name, f in futures.items()}
+    else:
+        outcomes = {name: _train_one(name, cfg, options) for name, cfg in configs.items()}
+    for name, (passed, result) in outcomes.items():
+        if not passed:
             failed.append(name)
-            summary.append(exc.result)
-            continue
         summary.append(result)
     total = time.perf_counter() - t_all
     print(f"\n=== {len(summary)} model(s) in {total:.0f} s ===")
@@ -167,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(train)
     train.add_argument("--registry", help="registry root (default $MODEL_REGISTRY or ./exported)")
     train.add_argument("--data-dir", default="data", help="where dataset snapshots are written (default ./data)")
+    train.add_argument("--jobs", default="auto", help="models trained at once, each in its own process (default auto: "
+                       "in parallel only for families that allow it, e.g. the single-thread translators)")
     train.set_defaults(func=cmd_train)
 
     models = sub.add_parser("models", help="list the registry")

@@ -54,6 +54,9 @@ class TrainConfig(_Strict):
     grad_clip: float = Field(1.0, gt=0)
     patience: int = Field(2, ge=1)  # early stopping: epochs without validation improvement
     max_steps_per_epoch: int | None = Field(None, ge=1)  # cap (smoke preset)
+    # wall-clock budget of the training loop (validation included): the learning-rate schedule
+    # follows max(step / total steps, elapsed / budget) and training ends when either reaches 1
+    max_minutes: float | None = Field(None, gt=0)
     monitor: str | None = None  # validation metric for early stopping; None = family's headline metric
     seed: int = 13
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None = torch default

@@ -64,6 +64,21 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def budget_schedule(kind: str, warmup: int, total: int, budget_s: float, t_start: float):
+    """LambdaLR factor: linear warmup over ``warmup`` steps, then linear or cosine decay over the
+    progress max(step / total, elapsed / budget), so a slow machine still anneals to zero in time."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        progress = max(step / max(1, total), (time.perf_counter() - t_start) / budget_s)
+        start = warmup / max(1, total)
+        frac = min(1.0, max(0.0, (progress - start) / max(1e-9, 1 - start)))
+        return 0.5 * (1 + math.cos(math.pi * frac)) if kind == "cosine" else 1.0 - frac
+
+    return factor
+
+
 def steps_per_epoch(n_train: int, cfg: ModelConfig) -> int:
     steps = math.ceil(n_train / cfg.train.batch_size)
     return min(steps, cfg.train.max_steps_per_epoch) if cfg.train.max_steps_per_epoch else steps
@@ -90,14 +105,19 @@ def train(
     total = per_epoch * tc.epochs
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr)
     warmup = int(tc.warmup_ratio * total)
-    make_schedule = get_cosine_schedule_with_warmup if tc.schedule == "cosine" else get_linear_schedule_with_warmup
-    scheduler = make_schedule(optimizer, warmup, total)
+    budget_s = tc.max_minutes * 60 if tc.max_minutes else None
+    t_start = time.perf_counter()
+    if budget_s is None:
+        make_schedule = get_cosine_schedule_with_warmup if tc.schedule == "cosine" else get_linear_schedule_with_warmup
+        scheduler = make_schedule(optimizer, warmup, total)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, budget_schedule(tc.schedule, warmup, total, budget_s, t_start))
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     history: list[dict] = []
     best_metric, best_epoch, best_state = -math.inf, 0, None
-    bad_epochs, stopped_early = 0, False
-    t_start = time.perf_counter()
+    bad_epochs, stopped_early, out_of_time = 0, False, False
     with open(log_path, "w", encoding="utf-8") as log:
         for epoch in range(1, tc.epochs + 1):
             t_epoch = time.perf_counter()
@@ -106,6 +126,9 @@ def train(
             bar = tqdm(total=per_epoch, desc=f"{label} epoch {epoch}/{tc.epochs}", disable=not tc.progress, leave=False)
             for step, batch in enumerate(family.batches(cfg, splits, "train", shuffle=True, seed=tc.seed + epoch)):
                 if step >= per_epoch:
+                    break
+                if budget_s is not None and time.perf_counter() - t_start >= budget_s:
+                    out_of_time = True
                     break
                 batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
                 loss = family.loss(model, batch)
@@ -141,6 +164,8 @@ def train(
             else:
                 bad_epochs += 1
             record["best"] = improved
+            if out_of_time:
+                record["time_budget_reached"] = True
             history.append(record)
             log.write(json.dumps(record) + "\n")
             log.flush()
@@ -149,6 +174,9 @@ def train(
                 f"{'  *best' if improved else ''}  ({record['seconds']:.0f} s)",
                 flush=True,
             )
+            if out_of_time:
+                print(f"  [{label}] time budget of {tc.max_minutes} min reached after epoch {epoch}", flush=True)
+                break
             if bad_epochs >= tc.patience and epoch < tc.epochs:
                 stopped_early = True
                 print(f"  [{label}] early stop: no validation improvement for {bad_epochs} epoch(s)", flush=True)
@@ -162,7 +190,7 @@ def train(
         best_metric=float(best_metric),
         monitor=monitor,
         epochs_run=len(history),
-        stopped_early=stopped_early,
+        stopped_early=stopped_early or out_of_time,
         duration_s=time.perf_counter() - t_start,
         history=history,
     )

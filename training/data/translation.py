@@ -150,6 +150,35 @@ def clean_ding_text(text: str) -> str:
 
 def parse_ding_line(line: str) -> list[tuple[str, str]]:
     """Sentence pairs from one Ding line ``de | de :: en | en`` (aligned by ``|`` and ``;``)."""
+    return [(d, e) for d, e in _ding_alternatives(line) if is_sentence(d) and is_sentence(e)]
+
+
+_PAREN = re.compile(r"\s*\([^()]*\)")
+# dictionary notation that never occurs in running text: jdm./etw./sb./sth., ellipses, slashes
+_DICT_NOTATION = re.compile(r"\b(jd[mnrs]?|etw|sb|sth|so)\.|…|/|\.\.\.")
+
+
+def parse_ding_phrases(line: str, max_chars: int = 60) -> list[tuple[str, str]]:
+    """Word and phrase pairs of one Ding line (extra training data; never held out).
+
+    Alternatives that are not sentences on both sides, with annotations and parenthesised
+    remarks removed; entries written in dictionary notation (jdm./sth., slashes) are skipped.
+    """
+    out = []
+    for d, e in _ding_alternatives(line):
+        if is_sentence(d) and is_sentence(e):
+            continue
+        d, e = normalise_space(_PAREN.sub("", d)), normalise_space(_PAREN.sub("", e))
+        if not d or not e or len(d) > max_chars or len(e) > max_chars:
+            continue
+        if _DICT_NOTATION.search(d) or _DICT_NOTATION.search(e) or not _LETTER.search(d) or not _LETTER.search(e):
+            continue
+        out.append((d, e))
+    return out
+
+
+def _ding_alternatives(line: str) -> list[tuple[str, str]]:
+    """Aligned (de, en) alternatives of one Ding line, annotations removed."""
     if line.startswith("#") or " :: " not in line:
         return []
     de_side, en_side = line.rstrip("\n").split(" :: ", 1)
@@ -161,10 +190,7 @@ def parse_ding_line(line: str) -> list[tuple[str, str]]:
         de_alts, en_alts = de.split("; "), en.split("; ")
         if len(de_alts) != len(en_alts):  # alternatives not aligned: keep only the first of each
             de_alts, en_alts = de_alts[:1], en_alts[:1]
-        for d, e in zip(de_alts, en_alts):
-            d, e = clean_ding_text(d), clean_ding_text(e)
-            if is_sentence(d) and is_sentence(e):
-                pairs.append((d, e))
+        pairs.extend((clean_ding_text(d), clean_ding_text(e)) for d, e in zip(de_alts, en_alts))
     return pairs
 
 
@@ -180,6 +206,36 @@ def read_ding(path: Path = DING_PATH) -> list[Pair]:
         for line in f:
             pairs.extend(Pair(d, e, "ding") for d, e in parse_ding_line(line))
     return pairs
+
+
+def read_ding_phrases(path: Path = DING_PATH) -> list[Pair]:
+    """German-English word and phrase pairs of the Ding dictionary, deduplicated by source."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: apt-get install trans-de-en")
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            pairs.extend(Pair(d, e, "ding-phrase") for d, e in parse_ding_phrases(line))
+    return sorted(dedupe(pairs), key=lambda p: (p.src, p.tgt))
+
+
+_WORD = re.compile(r"[^\W_]+")
+
+
+def add_phrases(train: list[Pair], held_out: list[Pair], phrases: list[Pair], n: int, seed: int) -> list[Pair]:
+    """``train`` plus up to ``n`` seeded phrase pairs whose source is in no split yet.
+
+    Only phrases whose every source word occurs at least twice in the training sentences are
+    candidates: the dictionary is mostly rare terms, and the point is the corpus's own vocabulary.
+    """
+    taken = {source_key(p.src) for p in train} | {source_key(p.src) for p in held_out}
+    counts = Counter(w for p in train for w in _WORD.findall(p.src.casefold()))
+    fresh = [p for p in phrases if source_key(p.src) not in taken
+             and all(counts[w] >= 2 for w in _WORD.findall(p.src.casefold()))]
+    random.Random(seed + 2).shuffle(fresh)
+    out = train + fresh[:n]
+    random.Random(seed + 3).shuffle(out)
+    return out
 
 
 def extract_catalogues(lang: str, cache_dir: Path) -> Path:
@@ -341,11 +397,14 @@ def load_splits(
     test_size: int = 1000,
     max_train: int | None = None,
     pairs: list[Pair] | None = None,
+    phrase_pairs: int = 0,
 ) -> TranslationSplits:
     """Prepared, leakage-checked, fingerprinted splits of ``name`` (``de-en`` or ``en-ko``).
 
     ``pairs`` replaces the built-in corpus (a user's file, see :func:`read_pairs_file`);
-    ``max_train`` caps the training split (smoke preset).
+    ``max_train`` caps the training split (smoke preset); ``phrase_pairs`` adds up to that many
+    Ding word/phrase pairs to the training split only (corpora with the ``ding`` source), so the
+    held-out splits stay sentences.
     """
     if name not in CORPORA:
         raise KeyError(f"unknown translation corpus {name!r}; have {sorted(CORPORA)}")
@@ -354,6 +413,11 @@ def load_splits(
     train, val, test = split_pairs(all_pairs, seed=seed, val_size=val_size, test_size=test_size)
     if max_train is not None:
         train = train[:max_train]
+    n_phrases = 0
+    if phrase_pairs and pairs is None and "ding" in spec["sources"]:
+        before = len(train)
+        train = add_phrases(train, val + test, read_ding_phrases(), phrase_pairs, seed)
+        n_phrases = len(train) - before
     splits = TranslationSplits(
         name=name, source_lang=spec["source_lang"], target_lang=spec["target_lang"],
         train=train, val=val, test=test, seed=seed,
@@ -362,4 +426,6 @@ def load_splits(
     check_no_leakage(splits)
     splits.fingerprint = fingerprint(splits)
     splits.stats = {"pairs": len(all_pairs), "by_origin": dict(Counter(p.origin for p in all_pairs))}
+    if n_phrases:
+        splits.stats["phrase_pairs"] = n_phrases
     return splits

@@ -1,0 +1,97 @@
+"""Settings the translators' quick preset relies on: Ding phrase pairs as training-only data,
+the training time budget, and running the two translators side by side (`train --jobs auto`)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+from training.data.translation import Pair, add_phrases, load_splits, parse_ding_phrases, source_key
+
+LINE = (
+    "Abfall verstreuen {vt} | Abfall verstreuend | Schmutzige Wäsche lag über den Boden verstreut. | "
+    "jdm. etw. geben | Haus {n} (Gebäude) :: to litter | littering | Dirty clothes littered the floor. | "
+    "to give sb. sth. | house (building)\n"
+)
+
+
+def test_phrases_are_the_non_sentence_alternatives_without_notation():
+    assert parse_ding_phrases(LINE) == [
+        ("Abfall verstreuen", "to litter"), ("Abfall verstreuend", "littering"), ("Haus", "house"),
+    ]
+
+
+def test_phrases_join_train_only_and_never_a_held_out_source():
+    train = [Pair("Das Haus ist rot.", "The house is red.", "ding"), Pair("Das Haus ist alt.", "The house is old.", "ding")]
+    held_out = [Pair("Das Haus", "The house", "ding")]
+    phrases = [Pair("das Haus", "the house", "ding-phrase"),  # a held-out source (case-folded)
+               Pair("Haus", "house", "ding-phrase"),
+               Pair("Zinnfolie", "tin foil", "ding-phrase")]  # a word the sentences never use
+    out = add_phrases(train, held_out, phrases, n=10, seed=1)
+    assert sorted(p.src for p in out if p.origin == "ding-phrase") == ["Haus"]
+    assert len(add_phrases(train, held_out, phrases, n=0, seed=1)) == 2
+
+
+def test_load_splits_adds_no_phrases_to_user_pairs():
+    pairs = [Pair(f"Quelle Nummer {i}.", f"Source number {i}.", "t") for i in range(100)]
+    s = load_splits("de-en", pairs=pairs, seed=1, val_size=10, test_size=10, phrase_pairs=1000)
+    assert s.sizes()["train"] == 80 and "phrase_pairs" not in s.stats
+    assert not {source_key(p.src) for p in s.train} & {source_key(p.src) for p in s.test}
+
+
+def test_budget_schedule_anneals_by_steps_or_by_time():
+    from training.trainer import budget_schedule
+
+    now = time.perf_counter()
+    by_steps = budget_schedule("linear", warmup=10, total=110, budget_s=1e9, t_start=now)
+    assert by_steps(0) == 0 and by_steps(5) == 0.5 and by_steps(10) == 1.0
+    assert by_steps(60) == pytest.approx(0.5) and by_steps(110) == pytest.approx(0.0)
+    cosine = budget_schedule("cosine", warmup=0, total=100, budget_s=1e9, t_start=now)
+    assert cosine(50) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0, abs=1e-9)
+    # half the time budget already spent at step 20 of 1000: time progress wins
+    by_time = budget_schedule("linear", warmup=0, total=1000, budget_s=10.0, t_start=now - 5.0)
+    assert by_time(20) == pytest.approx(0.5, abs=0.01)
+    late = budget_schedule("cosine", warmup=0, total=1000, budget_s=1.0, t_start=now - 5.0)
+    assert late(1) == pytest.approx(0.0, abs=1e-9) and not math.isnan(late(1))
+
+
+def test_jobs_auto_runs_only_concurrent_families_in_parallel(monkeypatch):
+    from training.cli import ConfigError, parallel_jobs, resolve_configs
+    from training.families import available_models
+
+    families = available_models()
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    both = resolve_configs(["de-en", "en-ko"], "quick")
+    assert parallel_jobs("auto", both, families) == 2  # the quick preset pins train.threads=1
+    two_threads = resolve_configs(["de-en", "en-ko"], "quick", sets=["train.threads=2"])
+    assert parallel_jobs("auto", two_threads, families) == 1
+    mixed = resolve_configs(["sentiment", "de-en"], "quick")
+    assert parallel_jobs("auto", mixed, families) == 1  # classifiers keep training one after another
+    assert parallel_jobs("auto", resolve_configs(["de-en"], "quick"), families) == 1
+    assert parallel_jobs("2", mixed, families) == 2
+    with pytest.raises(ConfigError, match="--jobs"):
+        parallel_jobs("zero", mixed, families)
+
+
+def test_two_translators_train_in_parallel_processes(tmp_path, capsys):
+    """`train --jobs 2` publishes both models from their own processes and reports both."""
+    from modelkit.registry import latest_version, load_version
+    from test_translator_decoding import synthetic_pairs
+    from training.cli import main
+
+    data = tmp_path / "pairs.tsv"
+    data.write_text("".join(f"{p.src}\t{p.tgt}\n" for p in synthetic_pairs(200, seed=2)), encoding="utf-8")
+    root = tmp_path / "registry"
+    rc = main(["train", "--preset", "smoke", "--models", "de-en,en-ko", "--jobs", "2",
+               "--data", f"de-en={data}", "--data", f"en-ko={data}", "--registry", str(root),
+               "--data-dir", str(tmp_path / "data"), "--set", "train.progress=false", "--set", "train.threads=1",
+               "--set", "train.max_minutes=0.5"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "in 2 parallel processes" in out and "=== 2 model(s)" in out
+    for name, lang in (("de-en", "en"), ("en-ko", "ko")):
+        manifest, _ = load_version(root, name, latest_version(root, name))
+        assert manifest.preprocessing.target_lang == lang and manifest.gate.passed
+        assert manifest.training.config["train"]["max_minutes"] == 0.5
