@@ -441,6 +441,9 @@ class TranslatorFamily(Family):
         # fit 30 minutes on 2 cores. Small token-budget batches (1024 tokens, thousands of updates) and a small
         # joint vocabulary: measured on de-en validation after 12 min, val loss 3.06 -> 2.71 with 1024-token
         # batches vs 3.61 with 2048 (and 4.08 after 25 min of 4096-token batches with a 6k vocabulary).
+        # Measured with `train --preset quick --models de-en,en-ko` on the idle 2-core machine: 23 min 11 s in all;
+        # test chrF (beam 4) de-en 36.1 (copy-source 18.3, retrieval 30.2), en-ko 36.5 (copy 4.1, retrieval 37.5).
+        # Demonstration quality: UI strings come out well, dictionary sentences mostly wrong (de-en Ding chrF 24).
         de = self.name == "de-en"
         quick = {
             **common,
