@@ -406,7 +406,7 @@ class TranslatorFamily(Family):
     config_class = TranslatorConfig
     headline_metric = "chrf"
     # Not in a bare `train` run: the classifiers' quick run must fit 20 minutes on 2 cores and the
-    # translators take up to 30 more; `--models de-en,en-ko` (or scripts/quickstart.sh) trains them.
+    # translators' takes about 23 more; `--models de-en,en-ko` (or scripts/quickstart.sh) trains them.
     in_default_run = False
     # single-thread models: on a 2-core machine two translators train faster side by side (two
     # processes, `train --jobs auto`) than one after another
