@@ -11,7 +11,9 @@ middleware (service/asgi.py) that skips the layers between BentoML's server and 
 
 from __future__ import annotations
 
+import gc
 import logging
+import sys
 import time
 
 import bentoml
@@ -23,6 +25,7 @@ from .settings import ServiceSettings
 log = logging.getLogger("service")
 
 SETTINGS = ServiceSettings()
+sys.setswitchinterval(SETTINGS.gil_switch_interval_ms / 1000.0)
 
 
 def _configure_logging() -> None:
@@ -34,6 +37,18 @@ def _configure_logging() -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+
+
+def _settle_garbage_collector(thresholds: tuple[int, int, int]) -> None:
+    """Move everything loaded so far out of the collector's sight, and collect less often.
+
+    A full collection walks every tracked object (BentoML, FastAPI, pydantic, the runtimes):
+    here 70-100 ms with every request waiting, every few seconds under load, which made the
+    32-client p99 about 10x the p50. Frozen objects are never traversed again.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*thresholds)
 
 
 @bentoml.service(
@@ -58,6 +73,7 @@ class ModelService:
         models = load_all(SETTINGS, traffic())
         self.state = ServiceState(SETTINGS, models, traffic())
         set_state(self.state)
+        _settle_garbage_collector(SETTINGS.gc_thresholds)
         ready = [n for n, m in models.items() if m.status == "ready"]
         failed = {n: m.reason for n, m in models.items() if m.status != "ready"}
         log.info("ready in %.2f s: %d model(s) serving %s; %d failed %s", time.perf_counter() - t0, len(ready), ready,

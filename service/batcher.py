@@ -79,6 +79,7 @@ class Batcher:
         self._queued_items = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the event loop serving this model (set on first submit)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
 
     @property
@@ -92,6 +93,7 @@ class Batcher:
         if self._queued_items + len(items) > self.max_queue_items:
             raise Overloaded(f"{self.name}: {self._queued_items} items queued, limit {self.max_queue_items}")
         loop = asyncio.get_running_loop()
+        self.loop = loop
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._run_forever(), name=f"batcher-{self.name}")

@@ -52,6 +52,19 @@ class ServiceSettings(BaseSettings):
         0, ge=0, description="onnxruntime intra-op threads per worker; 0 = cores // workers - 1 (at least 1)"
     )
 
+    gil_switch_interval_ms: float = Field(
+        0.1, gt=0, le=100,
+        description="Python's thread switch interval (sys.setswitchinterval): how long a model thread coming "
+        "back from onnxruntime may wait for the event loop to hand over the GIL. Python's 5 ms default "
+        "stalls every batch behind a busy event loop (benchmarks/RESULTS.md)",
+    )
+
+    gc_thresholds: tuple[int, int, int] = Field(
+        (20_000, 20, 50),
+        description="gc.set_threshold after the models are loaded and frozen (gc.freeze); Python's default "
+        "(700, 10, 10) collects every few hundred allocations, and requests allocate thousands",
+    )
+
     default_batch: BatchSettings = Field(default_factory=BatchSettings)
     batch: dict[str, BatchSettings] = Field(default_factory=dict, description="per-model overrides of default_batch")
 
