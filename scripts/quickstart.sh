@@ -4,8 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # The classifiers (sentiment, topics, fashion: ~20 min on 2 cores). QUICKSTART_TRANSLATORS=1 also
-# trains de-en and en-ko (~30 min each on 2 cores); off by default because on a CPU their quick
-# models do not pass the quality gate yet, so the service would not load them (see README).
+# trains de-en and en-ko (~23 more minutes on 2 cores, side by side); off by default because their
+# CPU-trained quick models are demonstration quality only (see README).
 if ! ls exported/{sentiment,topics,fashion}/LATEST >/dev/null 2>&1; then
   .venv/bin/python -m training train --preset quick || echo "quickstart: a model did not pass (see above); serving the rest" >&2
 fi
