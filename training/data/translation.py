@@ -197,26 +197,22 @@ def _ding_alternatives(line: str) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- readers
 
 
-def read_ding(path: Path = DING_PATH) -> list[Pair]:
-    """German-English sentence pairs of the Ding dictionary."""
+def _ding_pairs(path: Path, parse, origin: str) -> list[Pair]:
+    """Every (German, English) pair that ``parse`` finds in the lines of the Ding dictionary."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: apt-get install trans-de-en")
-    pairs = []
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            pairs.extend(Pair(d, e, "ding") for d, e in parse_ding_line(line))
-    return pairs
+        return [Pair(d, e, origin) for line in f for d, e in parse(line)]
+
+
+def read_ding(path: Path = DING_PATH) -> list[Pair]:
+    """German-English sentence pairs of the Ding dictionary."""
+    return _ding_pairs(path, parse_ding_line, "ding")
 
 
 def read_ding_phrases(path: Path = DING_PATH) -> list[Pair]:
     """German-English word and phrase pairs of the Ding dictionary, deduplicated by source."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} missing: apt-get install trans-de-en")
-    pairs = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            pairs.extend(Pair(d, e, "ding-phrase") for d, e in parse_ding_phrases(line))
-    return sorted(dedupe(pairs), key=lambda p: (p.src, p.tgt))
+    return sorted(dedupe(_ding_pairs(path, parse_ding_phrases, "ding-phrase")), key=lambda p: (p.src, p.tgt))
 
 
 _WORD = re.compile(r"[^\W_]+")
