@@ -45,9 +45,6 @@ def top_k(scores: np.ndarray, labels: list[str], k: int) -> list[dict]:
 
 def above_threshold(scores: np.ndarray, labels: list[str], thresholds: np.ndarray) -> list[dict]:
     """Every label whose score reaches its threshold, best first."""
-    return [r for r, keep in zip(ranked(scores[None, :], labels)[0], _kept(scores, thresholds)) if keep]
-
-
-def _kept(scores: np.ndarray, thresholds: np.ndarray) -> list[bool]:
     order = np.argsort(-scores, kind="stable")
-    return (scores[order] >= thresholds[order]).tolist()
+    kept = order[scores[order] >= thresholds[order]]
+    return [{"label": labels[i], "score": s} for i, s in zip(kept.tolist(), scores[kept].tolist())]

@@ -5,8 +5,10 @@ onnxruntime sessions, warm-up) in ``__init__``; BentoML starts answering only af
 that, and ``/readyz`` stays 503 unless at least one model is ready. The HTTP API is a
 FastAPI app (service/routes.py) mounted at ``/`` so that errors, status codes and
 batching are under our control; its inference endpoints are also installed as an ASGI
-middleware (service/asgi.py) that skips the layers between BentoML's server and the mount; BentoML provides the server, workers, ``/livez``,
-``/readyz``, ``/metrics`` and the OpenAPI page (``/``, ``/docs.json``). Never imports torch.
+middleware (service/asgi.py) that skips the layers between BentoML's server and the mount.
+BentoML provides the server, workers, ``/livez``, ``/readyz`` and the OpenAPI page (``/``,
+``/docs.json``); ``/metrics`` is the app's (or BentoML's when SERVICE_BENTOML_METRICS is on).
+Never imports torch.
 """
 
 from __future__ import annotations

@@ -141,7 +141,8 @@ def _error_kind(status: int, message: str) -> str:
 def _counted(handler):
     async def wrapped(request: Request, exc: Exception):
         response = await handler(request, exc)
-        telemetry.count_error(endpoint_label(request.url.path), model_name_of(request), _error_kind(response.status_code, str(exc)))
+        telemetry.count_error(endpoint_label(request.url.path), model_name_of(request),
+                              _error_kind(response.status_code, str(exc)))
         return response
 
     return wrapped
