@@ -331,10 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                     body_file = tmpdir / f"{name}-multi.json"
                     body_file.write_text(json.dumps(body))
                     n = max(32, args.requests_32 // args.multi_items)
-                    cpu0 = server.cpu_seconds()
-                    load = LOAD_GENERATORS[args.client](url, body_file, n, 32, args.timeout)
-                    load.server_cpu_ms_per_item = 1000 * (server.cpu_seconds() - cpu0) / max(load.ok * args.multi_items, 1)
-                    load.items_s *= args.multi_items
+                    load = with_server_cpu(server, LOAD_GENERATORS[args.client], url, body_file, n, args.timeout,
+                                           items_per_request=args.multi_items)
                     multi_rows.append((name, raws[name], load))
         finally:
             server.stop()
@@ -407,10 +405,18 @@ def load_runs(server: "Server", url: str, body: dict, body_file: Path, args) -> 
     run = LOAD_GENERATORS[args.client]
     run(url, body_file, 200, 8, args.timeout)
     one = run(url, body_file, args.requests_1, 1, args.timeout)
-    cpu0 = server.cpu_seconds()
-    many = run(url, body_file, args.requests_32, 32, args.timeout)
-    many.server_cpu_ms_per_item = 1000 * (server.cpu_seconds() - cpu0) / max(many.ok, 1)
+    many = with_server_cpu(server, run, url, body_file, args.requests_32, args.timeout)
     return one, many
+
+
+def with_server_cpu(server: "Server", run, url: str, body_file: Path, n: int, timeout_s: float,
+                    items_per_request: int = 1) -> Load:
+    """A 32-client run with the server's CPU per item; items/s counts every item of each request."""
+    cpu0 = server.cpu_seconds()
+    load = run(url, body_file, n, 32, timeout_s)
+    load.server_cpu_ms_per_item = 1000 * (server.cpu_seconds() - cpu0) / max(load.ok * items_per_request, 1)
+    load.items_s *= items_per_request
+    return load
 
 
 def render(rows, provider: str, label: str = "") -> str:
