@@ -7,16 +7,19 @@ each scraped instance (see ``monitoring/prometheus/rules.yml``).
 
 API (all label values are strings; ``model``/``version`` are the registry name and version):
 
-- ``observe_request(endpoint, status, seconds)``: one HTTP request answered with ``status``.
-- ``in_flight(endpoint)``: context manager counting requests being handled (or the pair
-  ``request_started(endpoint)`` / ``request_finished(endpoint)``).
+- ``observe_request(endpoint, status, seconds, protocol="json")``: one request answered with
+  ``status`` (an HTTP status code; the gRPC door records the HTTP status its answer maps to).
+  ``protocol`` is the door: ``json`` (the task JSON API), ``oip-rest`` or ``oip-grpc`` (the Open
+  Inference Protocol over HTTP or gRPC); ``PROTOCOLS`` lists them.
+- ``in_flight(endpoint, protocol="json")``: context manager counting requests being handled (or the
+  pair ``request_started(endpoint, protocol)`` / ``request_finished(endpoint, protocol)``).
 - ``observe_batch(model, version, rows, timings, queue_wait_seconds=None)``: one model call;
   ``timings`` is ``Runtime.last_timings`` (stage -> seconds: preprocess, inference, postprocess),
   ``queue_wait_seconds`` one value or one per request merged into the batch.
 - ``observe_inputs(model, version, sizes)``: input sizes, ``{"tokens": [...], "pixels": [...],
   "generated_tokens": [...]}`` (any subset; one value per item).
 - ``count_items(model, version, n)``: items predicted.
-- ``count_error(endpoint, model, kind)``: kind in ``ERROR_KINDS``.
+- ``count_error(endpoint, model, kind, protocol="json")``: kind in ``ERROR_KINDS``.
 - ``observe_predictions(model, version, manifest, features_per_item, labels_per_item=None,
   top_confidences=None)``: predicted classes (one list per item; several labels for multi-label),
   top-class confidence, and the drift bins of every ``reference_profile`` feature found in each
@@ -58,6 +61,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "modelserve"
 ERROR_KINDS = ("validation", "model_failure", "overload", "not_found")
+PROTOCOLS = ("json", "oip-rest", "oip-grpc")
 MODEL_STATUSES = ("loading", "ready", "failed")
 STAGES = ("queue_wait", "preprocess", "inference", "postprocess")
 INPUT_SIZE_KINDS = ("tokens", "pixels", "generated_tokens")
@@ -84,16 +88,16 @@ class ServiceMetrics:
             return f"{NAMESPACE}_{n}"
 
         r = {"registry": registry}
-        self.requests = Counter(name("requests"), "HTTP requests answered, by endpoint and status code.",
-                                ["endpoint", "status"], **r)
+        self.requests = Counter(name("requests"), "Requests answered, by endpoint, status code and protocol "
+                                "(json, oip-rest, oip-grpc).", ["endpoint", "status", "protocol"], **r)
         self.request_duration = Histogram(name("request_duration_seconds"),
-                                          "HTTP request latency, by endpoint and status code.",
-                                          ["endpoint", "status"], buckets=LATENCY_BUCKETS, **r)
-        self.in_flight_requests = Gauge(name("requests_in_flight"), "Requests being handled, by endpoint.",
-                                        ["endpoint"], multiprocess_mode="livesum", **r)
-        self.errors = Counter(name("errors"), "Errors by endpoint, model and kind "
-                              "(validation, model_failure, overload, not_found).",
-                              ["endpoint", "model", "kind"], **r)
+                                          "Request latency, by endpoint, status code and protocol.",
+                                          ["endpoint", "status", "protocol"], buckets=LATENCY_BUCKETS, **r)
+        self.in_flight_requests = Gauge(name("requests_in_flight"), "Requests being handled, by endpoint and "
+                                        "protocol.", ["endpoint", "protocol"], multiprocess_mode="livesum", **r)
+        self.errors = Counter(name("errors"), "Errors by endpoint, model, kind "
+                              "(validation, model_failure, overload, not_found) and protocol.",
+                              ["endpoint", "model", "kind", "protocol"], **r)
         self.items = Counter(name("items"), "Items (rows) predicted, by model and version.",
                              ["model", "version"], **r)
         self.batches = Counter(name("batches"), "Model calls (batches), by model and version.",
@@ -132,8 +136,8 @@ class ServiceMetrics:
         self.gpu_memory_total = Gauge(name("gpu_memory_total_bytes"), "GPU memory in total.", ["gpu"],
                                       multiprocess_mode="mostrecent", **r)
         # children of the per-request series, looked up once (labels() costs as much as the update)
-        self._request_children: dict[tuple[str, int | str], tuple[Any, Any]] = {}
-        self._in_flight_children: dict[str, Any] = {}
+        self._request_children: dict[tuple[str, int | str, str], tuple[Any, Any]] = {}
+        self._in_flight_children: dict[tuple[str, str], Any] = {}
         self._status: dict[tuple[str, str], tuple[str, str, str]] = {}
         self._profiles: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -141,43 +145,50 @@ class ServiceMetrics:
         self._gpu_tried = False
 
     # --- requests -------------------------------------------------------------------------
-    def observe_request(self, endpoint: str, status: int | str, seconds: float) -> None:
-        """One answered HTTP request."""
-        children = self._request_children.get((endpoint, status))
+    def observe_request(self, endpoint: str, status: int | str, seconds: float, protocol: str = "json") -> None:
+        """One answered request."""
+        key = (endpoint, status, protocol)
+        children = self._request_children.get(key)
         if children is None:
-            labels = (endpoint, str(status))
+            if protocol not in PROTOCOLS:
+                raise ValueError(f"protocol {protocol!r} not in {PROTOCOLS}")
+            labels = (endpoint, str(status), protocol)
             children = self.requests.labels(*labels), self.request_duration.labels(*labels)
-            self._request_children[(endpoint, status)] = children
+            self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
 
-    def request_started(self, endpoint: str) -> None:
+    def request_started(self, endpoint: str, protocol: str = "json") -> None:
         """A request entered the handlers (pair with ``request_finished``)."""
-        self._in_flight(endpoint).inc()
+        self._in_flight(endpoint, protocol).inc()
 
-    def request_finished(self, endpoint: str) -> None:
-        self._in_flight(endpoint).dec()
+    def request_finished(self, endpoint: str, protocol: str = "json") -> None:
+        self._in_flight(endpoint, protocol).dec()
 
-    def _in_flight(self, endpoint: str):
-        child = self._in_flight_children.get(endpoint)
+    def _in_flight(self, endpoint: str, protocol: str):
+        child = self._in_flight_children.get((endpoint, protocol))
         if child is None:
-            child = self._in_flight_children[endpoint] = self.in_flight_requests.labels(endpoint)
+            if protocol not in PROTOCOLS:
+                raise ValueError(f"protocol {protocol!r} not in {PROTOCOLS}")
+            child = self._in_flight_children[(endpoint, protocol)] = self.in_flight_requests.labels(endpoint, protocol)
         return child
 
     @contextmanager
-    def in_flight(self, endpoint: str):
+    def in_flight(self, endpoint: str, protocol: str = "json"):
         """Count a request as in flight while the block runs."""
-        self.request_started(endpoint)
+        self.request_started(endpoint, protocol)
         try:
             yield
         finally:
-            self.request_finished(endpoint)
+            self.request_finished(endpoint, protocol)
 
-    def count_error(self, endpoint: str, model: str, kind: str) -> None:
+    def count_error(self, endpoint: str, model: str, kind: str, protocol: str = "json") -> None:
         """One error of ``kind`` (validation, model_failure, overload, not_found)."""
         if kind not in ERROR_KINDS:
             raise ValueError(f"error kind {kind!r} not in {ERROR_KINDS}")
-        self.errors.labels(endpoint, model, kind).inc()
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol {protocol!r} not in {PROTOCOLS}")
+        self.errors.labels(endpoint, model, kind, protocol).inc()
 
     # --- model calls ----------------------------------------------------------------------
     def observe_batch(self, model: str, version: str, rows: int, timings: Mapping[str, float],
@@ -380,24 +391,24 @@ def default_metrics() -> ServiceMetrics:
         return _default
 
 
-def observe_request(endpoint: str, status: int | str, seconds: float) -> None:
-    default_metrics().observe_request(endpoint, status, seconds)
+def observe_request(endpoint: str, status: int | str, seconds: float, protocol: str = "json") -> None:
+    default_metrics().observe_request(endpoint, status, seconds, protocol)
 
 
-def in_flight(endpoint: str):
-    return default_metrics().in_flight(endpoint)
+def in_flight(endpoint: str, protocol: str = "json"):
+    return default_metrics().in_flight(endpoint, protocol)
 
 
-def request_started(endpoint: str) -> None:
-    default_metrics().request_started(endpoint)
+def request_started(endpoint: str, protocol: str = "json") -> None:
+    default_metrics().request_started(endpoint, protocol)
 
 
-def request_finished(endpoint: str) -> None:
-    default_metrics().request_finished(endpoint)
+def request_finished(endpoint: str, protocol: str = "json") -> None:
+    default_metrics().request_finished(endpoint, protocol)
 
 
-def count_error(endpoint: str, model: str, kind: str) -> None:
-    default_metrics().count_error(endpoint, model, kind)
+def count_error(endpoint: str, model: str, kind: str, protocol: str = "json") -> None:
+    default_metrics().count_error(endpoint, model, kind, protocol)
 
 
 def observe_batch(model: str, version: str, rows: int, timings: Mapping[str, float],
@@ -441,7 +452,7 @@ def exposition() -> tuple[bytes, str]:
 
 
 __all__ = [
-    "ERROR_KINDS", "INPUT_SIZE_KINDS", "METRIC_NAMES", "MODEL_STATUSES", "STAGES", "ServiceMetrics",
+    "ERROR_KINDS", "INPUT_SIZE_KINDS", "METRIC_NAMES", "MODEL_STATUSES", "PROTOCOLS", "STAGES", "ServiceMetrics",
     "count_error", "count_items", "default_metrics", "exposition", "in_flight", "observe_batch", "observe_inputs",
     "observe_predictions", "observe_request", "request_finished", "request_started", "set_model_info",
     "start_gpu_sampler",

@@ -14,14 +14,9 @@ from modelkit.runtimes import Runtime, create_runtime
 from . import telemetry
 from .batcher import Batcher, Traffic
 from .settings import ServiceSettings
+from .tasks import TaskSpec, spec_for
 
 log = logging.getLogger("service.models")
-
-ENDPOINT_TASKS: dict[str, tuple[str, ...]] = {
-    "classify": ("text-classification", "multi-label-classification"),
-    "translate": ("translation",),
-    "classify_image": ("image-classification",),
-}
 
 
 @dataclass
@@ -34,6 +29,7 @@ class ServedModel:
     reason: str | None = None
     manifest: Manifest | None = None
     runtime: Runtime | None = None
+    spec: TaskSpec | None = None  # the task's spec (service/tasks), set when ready
     batcher: Batcher | None = None
     source: str | None = None
     load_seconds: float | None = None
@@ -95,7 +91,8 @@ def load_one(settings: ServiceSettings, name: str, session_settings, traffic: Tr
         return model
     batch = settings.batch_for(name)
     model = ServedModel(name=name, version=manifest.version, status="ready", manifest=manifest, runtime=runtime,
-                        source=str(vdir.resolve()), load_seconds=time.perf_counter() - t0)
+                        spec=spec_for(manifest.task), source=str(vdir.resolve()),
+                        load_seconds=time.perf_counter() - t0)
     model.batcher = Batcher(name, model.predict_batch, batch, traffic)
     log.info(
         "model %s version %s (%s) loaded from %s on %s, variant %s, %d intra-op threads, batch <= %d, wait <= %.1f ms,"

@@ -80,6 +80,10 @@ class ServiceSettings(BaseSettings):
     )
     request_timeout_s: float = Field(120.0, gt=0, description="BentoML request timeout")
 
+    grpc: bool = Field(True, description="serve the Open Inference Protocol over gRPC too (every worker)")
+    grpc_host: str = Field("0.0.0.0", description="address the gRPC door binds")
+    grpc_port: int = Field(8001, ge=1, le=65535, description="port of the gRPC door (shared by the workers)")
+
     @classmethod
     def settings_customise_sources(
         cls,

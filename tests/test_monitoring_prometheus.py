@@ -90,8 +90,8 @@ SETUP = textwrap.dedent("""
     m = metrics.default_metrics()
     # what the service does at start: model status, reference gauges, bins at 0; request series at 0
     metrics.set_model_info("demo", "v1", "text-classification", "CPUExecutionProvider", "ready", 0.7, drift_manifest())
-    m.requests.labels("classify", "200"); m.request_duration.labels("classify", "200")
-    m.requests.labels("classify", "503"); m.request_duration.labels("classify", "503")
+    m.requests.labels("classify", "200", "json"); m.request_duration.labels("classify", "200", "json")
+    m.requests.labels("classify", "503", "json"); m.request_duration.labels("classify", "503", "json")
     reg = CollectorRegistry(); multiprocess.MultiProcessCollector(reg)
     start_http_server({port}, addr="127.0.0.1", registry=reg)
     while True:

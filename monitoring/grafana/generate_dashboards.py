@@ -167,6 +167,13 @@ def overview() -> dict:
                    [target("endpoint:modelserve_request_errors:ratio_rate5m", "{{endpoint}} 5xx"),
                     target("endpoint:modelserve_request_client_errors:ratio_rate5m", "{{endpoint}} 4xx", "B")],
                    "percentunit", steps=[(GREEN, None), (RED, ERROR_RATIO_THRESHOLD)], max_=1),
+        timeseries("Requests/s by protocol", "5m rate by door: json (task JSON API), oip-rest and oip-grpc (Open "
+                   "Inference Protocol over HTTP and gRPC), and status.",
+                   [target("protocol_status:modelserve_requests:rate5m", "{{protocol}} {{status}}")], "reqps",
+                   stack=True),
+        timeseries("p99 latency by protocol", "Request latency p99 over 5m, per door.",
+                   [target('protocol:modelserve_request_duration_seconds:quantile5m{quantile="0.99"}',
+                           "{{protocol}} p99")], "s", steps=[(GREEN, None), (RED, LATENCY_P99_THRESHOLD_S)]),
         timeseries("Errors/s by kind", "validation (4xx), model_failure, overload, not_found; 5m rate.",
                    [target("sum by (kind) (endpoint_model_kind:modelserve_errors:rate5m)", "{{kind}}")], "reqps",
                    stack=True),
@@ -183,7 +190,8 @@ def overview() -> dict:
                 [target("sum by (le) (rate(modelserve_batch_size_rows_bucket[$__rate_interval]))", "{{le}}",
                         fmt="heatmap")], "none", w=8),
         timeseries("In-flight requests by endpoint", "Requests inside the service now.",
-                   [target("sum by (endpoint) (modelserve_requests_in_flight)", "{{endpoint}}")], "none", w=8),
+                   [target("sum by (protocol, endpoint) (modelserve_requests_in_flight)", "{{protocol}} {{endpoint}}")],
+                   "none", w=8),
         timeseries("Worst feature drift (PSI) by model", "Highest PSI over the model's features, 10m window; "
                    f"lines at the warning ({drift.PSI_WARNING}) and critical ({drift.PSI_CRITICAL}) thresholds.",
                    [target("model:modelserve_drift_psi:max10m", "{{model}} {{version}}")], "none", w=8,
