@@ -1,7 +1,8 @@
-"""Command line: ``python -m training train|models|config``.
+"""Command line: ``python -m training train|models|config|promote|rollback|history|import``.
 
-Exit codes: 0 ok; 1 a model failed its gate (published, not servable, LATEST untouched);
-2 bad config or bad data (nothing published).
+Exit codes: 0 ok; 1 a model failed its gate (published, not servable, LATEST untouched; or
+``promote`` refused a gate-failed version); 2 bad config, bad data or an unknown model/version
+(nothing published, LATEST untouched).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from modelkit import registry as reg
 from modelkit.registry import default_root, list_versions
 
 from .config import PRESETS, ConfigError, ModelConfig, apply_override, deep_merge, load_config_file, validate_config
@@ -179,6 +181,73 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     print(format_table(rows))
     print("(* = LATEST, the version serving loads)")
+    history = _history_lines(registry, sorted({r.name for r in rows}))
+    if history:
+        print("history (python -m training history NAME):")
+        print("\n".join(history))
+    return 0
+
+
+def _history_lines(registry: Path, names: list[str]) -> list[str]:
+    """One line per model with a history: its number of LATEST moves and the last one."""
+    lines = []
+    for name in names:
+        try:
+            history = reg.read_history(registry, name)
+        except reg.RegistryError as exc:
+            lines.append(f"  {name}: {exc}")
+            continue
+        if history:
+            lines.append(f"  {name}: {len(history)} LATEST move(s); last: {_record_line(history[-1])}")
+    return lines
+
+
+def _record_line(r: reg.HistoryRecord) -> str:
+    return (f"{r.when.isoformat(timespec='seconds')} {r.action} {r.from_version or '-'} -> {r.to_version} "
+            f"by {r.who}" + (f": {r.why}" if r.why else ""))
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    registry = Path(args.registry) if args.registry else default_root()
+    try:
+        record = reg.promote(registry, args.name, args.version, why=args.why or "", who=args.who)
+    except reg.GateRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return EXIT_GATE
+    except reg.RegistryError as exc:
+        print(f"registry error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    if record is None:
+        print(f"{args.name}: {args.version} is already LATEST; nothing changed")
+    else:
+        print(f"{args.name}: LATEST {record.from_version or '-'} -> {record.to_version} (promoted by {record.who})")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    registry = Path(args.registry) if args.registry else default_root()
+    try:
+        record, how = reg.rollback(registry, args.name, why=args.why or "", who=args.who)
+    except reg.RegistryError as exc:
+        print(f"registry error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    print(f"{args.name}: LATEST {record.from_version} -> {record.to_version} (rolled back by {record.who}; {how})")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    registry = Path(args.registry) if args.registry else default_root()
+    try:
+        reg.check_known(registry, args.name)
+        history = reg.read_history(registry, args.name)
+    except reg.RegistryError as exc:
+        print(f"registry error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    shown = history[-args.limit:] if args.limit else history
+    for r in shown:
+        print(r.to_json() if args.json else _record_line(r))
+    if not history and not args.json:
+        print(f"{args.name}: no history recorded (LATEST is {reg.latest_version(registry, args.name) or 'unset'})")
     return 0
 
 
@@ -210,6 +279,29 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the registry")
     models.add_argument("--registry", help="registry root (default $MODEL_REGISTRY or ./exported)")
     models.set_defaults(func=cmd_models)
+
+    def add_lifecycle_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--why", help="reason, kept in the history")
+        p.add_argument("--who", help="who moves LATEST (default $MODELSERVE_USER or the login name)")
+        p.add_argument("--registry", help="registry root (default $MODEL_REGISTRY or ./exported)")
+
+    promote = sub.add_parser("promote", help="make a gate-passing version LATEST (recorded in HISTORY.jsonl)")
+    promote.add_argument("name")
+    promote.add_argument("version")
+    add_lifecycle_options(promote)
+    promote.set_defaults(func=cmd_promote)
+
+    rollback = sub.add_parser("rollback", help="move LATEST back to the version before it (see the history)")
+    rollback.add_argument("name")
+    add_lifecycle_options(rollback)
+    rollback.set_defaults(func=cmd_rollback)
+
+    history = sub.add_parser("history", help="the LATEST moves of a model, oldest first")
+    history.add_argument("name")
+    history.add_argument("--limit", type=int, default=0, help="only the last N records")
+    history.add_argument("--json", action="store_true", help="the raw JSON lines")
+    history.add_argument("--registry", help="registry root (default $MODEL_REGISTRY or ./exported)")
+    history.set_defaults(func=cmd_history)
 
     config = sub.add_parser("config", help="print the resolved config of the selected models")
     add_run_options(config)
