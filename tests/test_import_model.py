@@ -206,6 +206,23 @@ def test_bad_import_names_the_mismatch_and_writes_nothing(byo, capsys, case):
     assert _snapshot(reg) == before
 
 
+def test_graph_with_external_weights_travels_with_them(byo, tmp_path):
+    """Weights in a separate .onnx.data file (the dynamo exporter's default) are copied and checksummed."""
+    import onnx
+
+    model = onnx.load(str(byo / "text.onnx"))
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    onnx.save(model, str(ext / "big.onnx"), save_as_external_data=True, location="big.onnx.data", size_threshold=128)
+    reg = tmp_path / "reg"
+    assert main(_text_args(byo, reg, "--model", str(ext / "big.onnx"))) == 0
+    m, vdir = registry.load_version(reg, "reviews")
+    assert {"model.onnx", "big.onnx.data"} <= {f.path for f in m.files}
+    runtime = create_runtime(m, vdir)
+    runtime.load()
+    assert runtime.predict(["awful poor"])[0]["labels"][0]["label"] == "neg"
+
+
 @pytest.mark.parametrize("late", [False, True])
 def test_bad_import_into_an_empty_registry_creates_nothing(byo, capsys, late):
     """Early (before staging) and late (the staged version fails on the sample) rejections alike."""

@@ -46,6 +46,8 @@ def read_sample(task: str, path: Path) -> tuple[list[str], list]:
         return [str(f) for f in files], [f.read_bytes() for f in files]
     text = _text_file(path, "sample")
     suffix = path.suffix.lower()
+    if task == "translation" and suffix == ".csv":
+        raise ImportRejected(f"sample: {path}: translation samples are .txt (one source per line), .tsv or .jsonl")
     items = []
     if suffix in (".csv", ".tsv") and task != "translation":
         reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
