@@ -29,6 +29,10 @@ API (all label values are strings; ``model``/``version`` are the registry name a
   every drift bin counter at 0 (so a bin never seen live still counts as empty).
 - ``exposition()``: ``(body, content_type)`` of every process's metrics in the text format, for a
   ``/metrics`` route (all workers' series when ``PROMETHEUS_MULTIPROC_DIR`` is set).
+- ``observe_version_request(model, version, route, status, seconds)``: one request answered by one
+  version; route is primary, canary, pinned (the client named the version) or shadow (mirrored).
+- ``count_shadow(model, primary, candidate, agree, disagree)``: shadow items whose answers agreed or not.
+- ``set_rollout(model, primary, candidate, mode, share)``: the model's rollout roles (rollout_info, share).
 - ``start_gpu_sampler(interval_s=5.0)``: samples GPU utilisation and memory through nvidia-ml-py
   in a daemon thread; returns False (and no GPU series exist) when no GPU is present. The first
   ``set_model_info`` call of a process starts it, so every serving worker exports GPU metrics.
@@ -62,7 +66,7 @@ log = logging.getLogger(__name__)
 NAMESPACE = "modelserve"
 ERROR_KINDS = ("validation", "model_failure", "overload", "not_found")
 PROTOCOLS = ("json", "oip-rest", "oip-grpc")
-MODEL_STATUSES = ("loading", "ready", "failed")
+MODEL_STATUSES = ("loading", "ready", "failed", "unloaded")
 STAGES = ("queue_wait", "preprocess", "inference", "postprocess")
 INPUT_SIZE_KINDS = ("tokens", "pixels", "generated_tokens")
 OTHER_BIN = "(other)"
@@ -73,6 +77,7 @@ INPUT_SIZES_BY_TASK = {
     "translation": ("tokens", "generated_tokens"),
 }
 
+VERSION_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -129,6 +134,21 @@ class ServiceMetrics:
                                 ["model", "version", "task", "provider", "status"], multiprocess_mode="max", **r)
         self.load_duration = Gauge(name("model_load_duration_seconds"), "Seconds the last load of a "
                                    "model version took.", ["model", "version"], multiprocess_mode="max", **r)
+        self.version_requests = Counter(name("version_requests"), "Requests answered by each model version, by route "
+                                        "(primary, canary, pinned: asked for by version, shadow: mirrored) and "
+                                        "status.", ["model", "version", "route", "status"], **r)
+        self.version_request_duration = Histogram(name("version_request_duration_seconds"),
+                                                  "Time each model version took to answer a request (validation, "
+                                                  "queue, inference), by route.", ["model", "version", "route"],
+                                                  buckets=VERSION_LATENCY_BUCKETS, **r)
+        self.shadow_comparisons = Counter(name("shadow_comparisons"), "Items answered by both the primary and a "
+                                          "shadow candidate, by whether the answers agree (same top label, label "
+                                          "set or translation).", ["model", "primary", "candidate", "agreement"], **r)
+        self.rollout_info = Gauge(name("rollout_info"), "1 for each served version's rollout role (primary, or "
+                                  "candidate with mode canary or shadow).", ["model", "version", "role", "mode"],
+                                  multiprocess_mode="max", **r)
+        self.rollout_share = Gauge(name("rollout_share"), "Share of requests routed (canary) or mirrored (shadow) to "
+                                   "the candidate; 0 without a rollout.", ["model"], multiprocess_mode="max", **r)
         self.gpu_utilization = Gauge(name("gpu_utilization_ratio"), "GPU busy fraction (0-1) over the "
                                      "last NVML sample period.", ["gpu"], multiprocess_mode="mostrecent", **r)
         self.gpu_memory_used = Gauge(name("gpu_memory_used_bytes"), "GPU memory in use.", ["gpu"],
@@ -139,6 +159,7 @@ class ServiceMetrics:
         self._request_children: dict[tuple[str, int | str, str], tuple[Any, Any]] = {}
         self._in_flight_children: dict[tuple[str, str], Any] = {}
         self._status: dict[tuple[str, str], tuple[str, str, str]] = {}
+        self._rollouts: dict[str, set[tuple[str, str, str]]] = {}
         self._profiles: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._gpu_thread: threading.Thread | None = None
@@ -313,6 +334,34 @@ class ServiceMetrics:
         if manifest is not None:
             self._profile(model, version, manifest)
 
+    # --- versions and rollouts -------------------------------------------------------------
+    def observe_version_request(self, model: str, version: str, route: str, status: int | str, seconds: float) -> None:
+        """One request answered by one version."""
+        self.version_requests.labels(model, version, route, str(status)).inc()
+        self.version_request_duration.labels(model, version, route).observe(seconds)
+
+    def count_shadow(self, model: str, primary: str, candidate: str, agree: int, disagree: int) -> None:
+        if agree:
+            self.shadow_comparisons.labels(model, primary, candidate, "agree").inc(agree)
+        if disagree:
+            self.shadow_comparisons.labels(model, primary, candidate, "disagree").inc(disagree)
+
+    def set_rollout(self, model: str, primary: str | None, candidate: str | None, mode: str | None,
+                    share: float) -> None:
+        """The model's current roles; roles no longer held drop to 0 (multiprocess gauges cannot be removed)."""
+        now = set()
+        if primary:
+            now.add((primary, "primary", "none"))
+        if candidate:
+            now.add((candidate, "candidate", mode or "canary"))
+        with self._lock:
+            for labels in self._rollouts.get(model, set()) - now:
+                self.rollout_info.labels(model, *labels).set(0)
+            self._rollouts[model] = now
+        for labels in now:
+            self.rollout_info.labels(model, *labels).set(1)
+        self.rollout_share.labels(model).set(share if candidate else 0.0)
+
     # --- GPU ------------------------------------------------------------------------------
     def sample_gpu(self) -> bool:
         """Read utilisation and memory of every GPU once; False when NVML or a GPU is missing."""
@@ -373,6 +422,11 @@ METRIC_NAMES = (
     "modelserve_drift_reference_fraction",
     "modelserve_model_info",
     "modelserve_model_load_duration_seconds",
+    "modelserve_version_requests_total",
+    "modelserve_version_request_duration_seconds",
+    "modelserve_shadow_comparisons_total",
+    "modelserve_rollout_info",
+    "modelserve_rollout_share",
     "modelserve_gpu_utilization_ratio",
     "modelserve_gpu_memory_used_bytes",
     "modelserve_gpu_memory_total_bytes",
@@ -438,6 +492,18 @@ def set_model_info(model: str, version: str, task: str, provider: str | None, st
 
 def start_gpu_sampler(interval_s: float = 5.0) -> bool:
     return default_metrics().start_gpu_sampler(interval_s)
+
+
+def observe_version_request(model: str, version: str, route: str, status: int | str, seconds: float) -> None:
+    default_metrics().observe_version_request(model, version, route, status, seconds)
+
+
+def count_shadow(model: str, primary: str, candidate: str, agree: int, disagree: int) -> None:
+    default_metrics().count_shadow(model, primary, candidate, agree, disagree)
+
+
+def set_rollout(model: str, primary: str | None, candidate: str | None, mode: str | None, share: float) -> None:
+    default_metrics().set_rollout(model, primary, candidate, mode, share)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -25,11 +25,9 @@ import time
 
 import bentoml
 
-from .batcher import Traffic
 from .doors import oip_grpc
 from .front import Front
 from .http_app import api
-from .models import load_all
 from .settings import ServiceSettings
 from .worker import Worker
 
@@ -84,23 +82,25 @@ class ModelService:
         log.info("loading models from %s (provider=%s, variant=%s, %d worker(s), %d intra-op thread(s) each)",
                  SETTINGS.registry.resolve(), SETTINGS.provider, SETTINGS.variant, SETTINGS.workers,
                  SETTINGS.intra_op_threads())
-        traffic = Traffic()
-        self.worker = Worker(SETTINGS, load_all(SETTINGS, traffic), traffic)
+        self.worker = Worker.start(SETTINGS)
         self.grpc_server = None
         _settle_garbage_collector(SETTINGS.gc_thresholds)
         models = self.worker.models
-        ready = [n for n, m in models.items() if m.status == "ready"]
-        failed = {n: m.reason for n, m in models.items() if m.status != "ready"}
+        ready = [n for n, e in models.items() if e.ready]
+        failed = {n: e.current.reason for n, e in models.items() if not e.ready and e.current is not None}
         log.info("ready in %.2f s: %d model(s) serving %s; %d failed %s", time.perf_counter() - t0, len(ready), ready,
                  len(failed), failed or "")
 
     @bentoml.on_startup
-    async def start_grpc(self) -> None:
+    async def start_background(self) -> None:
+        """On the worker's event loop: the gRPC door and the registry watch."""
         if SETTINGS.grpc:
             self.grpc_server = await oip_grpc.start_server(self.worker, SETTINGS.grpc_host, SETTINGS.grpc_port)
+        self.worker.lifecycle.start()
 
     @bentoml.on_shutdown
-    async def stop_grpc(self) -> None:
+    async def stop_background(self) -> None:
+        await self.worker.lifecycle.stop()
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace=5)
 

@@ -133,7 +133,7 @@ def test_image_classifier_from_a_toml_spec_is_served(byo, tmp_path):
     assert main(["import", "--spec", str(byo / "spec.toml"), "--registry", str(reg)]) == 0
     m, vdir = registry.load_version(reg, "shades")
     assert (m.preprocessing.image_size, m.preprocessing.channels) == (8, 1)  # read from the graph
-    assert {"mean_intensity", "contrast", "predicted_class", "top_confidence"} == set(m.reference_profile.features)
+    assert {"mean_intensity", "contrast", "predicted_class", "top_confidence", "pixels"} == set(m.reference_profile.features)
     runtime = create_runtime(m, vdir)
     runtime.load()
     levels = [0, 128, 255]

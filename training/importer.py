@@ -376,7 +376,8 @@ def _model_input(runtime, item) -> dict[str, np.ndarray]:
         return {"input_ids": ids, "attention_mask": mask}
     from modelkit import image
 
-    return {runtime.input_name: image.normalize(image.to_model_pixels(item[None], runtime.prep), runtime.prep)}
+    pixels = item.pixels[None]  # an ImageInput from the runtime's validate
+    return {runtime.input_name: image.normalize(image.to_model_pixels(pixels, runtime.prep), runtime.prep)}
 
 
 def _direct_logits(runtime, g: GraphInfo, output: str, items: list, spec: ImportSpec, n_labels: int) -> np.ndarray:
