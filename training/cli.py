@@ -116,6 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = {
         "registry_root": registry, "data_dir": Path(args.data_dir), "preset": args.preset,
         "command": "python -m training " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "promote": not args.no_promote,
     }
     failed: list[str] = []
     summary = []
@@ -316,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(train)
     train.add_argument("--registry", help="registry root (default $MODEL_REGISTRY or ./exported)")
     train.add_argument("--data-dir", default="data", help="where dataset snapshots are written (default ./data)")
+    train.add_argument("--no-promote", action="store_true",
+                       help="publish a version that passes its gate without moving LATEST (roll it out as a "
+                       "candidate first, then `promote` it)")
     train.add_argument("--jobs", default="auto", help="models trained at once, each in its own process (default auto: "
                        "in parallel only for families that allow it, e.g. the single-thread translators)")
     train.set_defaults(func=cmd_train)
