@@ -118,3 +118,20 @@ def test_oip_clients_bench_drives_both_doors_through_tritonclient(smoke_models, 
                                                   for c in ("1", "4")}
     for r in rows:
         assert r[7] == "0" and float(r[4].replace(",", "")) > 0, r  # no errors, a rate
+
+
+def test_lifecycle_bench_promotes_and_rolls_back_under_load(smoke_models, tmp_path):
+    spec = importlib.util.spec_from_file_location("lifecycle_bench", ROOT / "benchmarks" / "lifecycle_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    name = names_by_task(smoke_models)["text-classification"]
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n")
+    assert module.main(["--registry", str(smoke_models), "--model", name, "--seconds", "16", "--clients", "4",
+                        "--poll", "0.5", "--results", str(results)]) == 0  # non-zero: a non-200 answer
+    rows = dict(re.findall(r"^\| ([^|]+) \| ([^|]+) \|$", results.read_text(), flags=re.M))
+    answers, bad = (int(x) for x in rows["answers / non-200"].split(" / "))
+    assert answers > 100 and bad == 0
+    for key in ("every answer from B after the promote", "every answer from A after the rollback"):
+        assert float(rows[key].split(" s")[0]) < 6, rows[key]  # each worker switched, within poll + load + noise
