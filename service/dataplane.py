@@ -60,6 +60,8 @@ async def predict(model: ServedModel, items: list[Any], options: dict[str, Any])
         raise ServiceError(503, str(exc), field=None, limit=model.batcher.max_queue_items, kind="overload") from None
     except InputError as exc:  # a runtime refusing an item at predict time
         raise ServiceError(exc.status, str(exc), field=exc.field, limit=exc.limit) from None
+    except ServiceError:  # the decoding scheduler's own answers (queue full, deadline, limits)
+        raise
     except Exception as exc:
         log.exception("model %s failed on a batch of %d items", model.name, len(items))
         raise ServiceError(500, f"model {model.name} failed: {type(exc).__name__}: {exc}", field=None) from None
