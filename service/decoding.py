@@ -332,9 +332,11 @@ class DecodingScheduler:
                                    "server log)")
                 report.failed = [(s, err) for s in failing]
             report.rows, report.kv_bytes = engine.rows, engine.cache.nbytes
-            loop = self.loop
-            if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(self._deliver, report)
+            if self.loop is not None:
+                try:
+                    self.loop.call_soon_threadsafe(self._deliver, report)
+                except RuntimeError:  # the event loop closed (the server is stopping)
+                    pass
 
     def _take(self) -> tuple[list[Sequence], list[Sequence]]:
         """Queued texts that fit the running batch now, first come first served (under the lock)."""

@@ -103,6 +103,9 @@ PARITY_GATE = [
     {"metric": "torch_match_greedy_b1", "min_value": 0.99},
     {"metric": "torch_match_greedy_b16", "min_value": 0.99},
     {"metric": "torch_match_beam_b16", "min_value": 0.95},
+    # the service's continuous batching (decoder_step graph), every test sentence in one running batch
+    {"metric": "torch_match_continuous_greedy", "min_value": 0.99},
+    {"metric": "torch_match_continuous_beam", "min_value": 0.95},
 ]
 
 
@@ -807,7 +810,8 @@ def token_agreement(a: list[list[int]], b: list[list[int]]) -> float:
 
 
 def generate_parity(model, runtime, sources: list[list[int]], p: TranslatorParams) -> dict[str, float]:
-    """Share of sources whose ONNX token ids equal torch generate()'s: greedy at batch 1 and 16, beam at 16."""
+    """Share of sources whose ONNX token ids equal torch generate()'s: greedy at batch 1 and 16, beam at 16, and
+    greedy and beam through continuous batching (all sources in one running batch)."""
     out = {}
     for label, beams, bs in (("greedy_b1", 1, 1), ("greedy_b16", 1, 16), ("beam_b16", p.num_beams, 16)):
         ref = torch_generate(model, sources, num_beams=beams, max_new_tokens=p.max_new_tokens,
@@ -818,6 +822,10 @@ def generate_parity(model, runtime, sources: list[list[int]], p: TranslatorParam
                                                            max_new_tokens=p.max_new_tokens,
                                                            length_penalty=p.length_penalty)]
         out[f"torch_match_{label}"] = token_agreement(ref, got)
+        if bs == 16:  # the same reference through continuous batching (modelkit/continuous.py)
+            cont = runtime.generate_continuous(sources, num_beams=beams, max_new_tokens=p.max_new_tokens,
+                                               length_penalty=p.length_penalty)
+            out[f"torch_match_continuous_{label.split('_')[0]}"] = token_agreement(ref, [h.tokens for h in cont])
     return out
 
 
