@@ -19,6 +19,7 @@ from __future__ import annotations
 import pytest
 
 from tests.training_support import jsonl, only_version, run, share_prepared_data, train_cmd, versions
+from training.checkpoint import PUBLISHED_FILE
 
 pytest.importorskip("torch", reason="training extras not installed")
 
@@ -77,7 +78,8 @@ def test_rank_zero_alone_publishes(runs):
         _, manifest = only_version(registry, name)
         assert manifest.training.world_size == 2 and manifest.training.device.startswith("2 x cpu")
         assert only_version(runs[1][1], name)[1].training.world_size == 1
-        assert not (checkpoints / name).exists()  # published: the run's checkpoint is gone
+        # published: checkpoint and data gone, only the record of what the run published is left
+        assert [p.name for p in (checkpoints / name).iterdir()] == [PUBLISHED_FILE]
     # one summary, from rank 0 (torchrun interleaves both ranks' output into ours)
     assert proc.stdout.count(f"=== {len(MODELS)} model(s) in") == 1
     assert proc.stdout.count("registered:") == len(MODELS)

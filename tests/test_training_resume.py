@@ -15,7 +15,7 @@ import signal
 import pytest
 
 from tests.training_support import jsonl, only_version, run, share_prepared_data, train_cmd, versions
-from training.checkpoint import CHECKPOINT_FILE, DATA_FILE
+from training.checkpoint import CHECKPOINT_FILE, DATA_FILE, PUBLISHED_FILE
 from training.trainer import KILL_AT_STEP_ENV
 
 pytest.importorskip("torch", reason="training extras not installed")
@@ -55,7 +55,7 @@ def test_killed_then_resumed_run_equals_the_uninterrupted_one(name, tmp_path):
     resumed = run(train_cmd([name], registry, ck, data, sets))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {ck / name / CHECKPOINT_FILE}: step {resumed_at}," in resumed.stdout
-    assert not (ck / name).exists()  # published: checkpoint and data removed
+    assert [p.name for p in (ck / name).iterdir()] == [PUBLISHED_FILE]  # checkpoint and data removed
 
     (ref_dir, ref_manifest), (res_dir, res_manifest) = only_version(tmp_path / "ref", name), only_version(registry, name)
     ref_steps, res_steps = jsonl(ref_dir / "train_steps.jsonl"), jsonl(res_dir / "train_steps.jsonl")
@@ -72,3 +72,24 @@ def test_killed_then_resumed_run_equals_the_uninterrupted_one(name, tmp_path):
     for variant, metrics in ref_manifest.metrics.items():
         for key, value in metrics.items():
             assert abs(res_manifest.metrics[variant][key] - value) <= TOLERANCE, (variant, key)
+
+    # a restarted job (--resume again) reports what the run published instead of training it again
+    again = run(train_cmd([name], registry, ck, data, sets))
+    assert again.returncode == 0 and f"already published {name}/{res_dir.name}" in again.stdout
+    assert versions(registry, name) == [res_dir]
+
+
+def test_a_restarted_job_does_not_retrain_a_model_that_failed_its_gate(tiny_text_data, tmp_path):
+    """--resume after a gate failure: exit 1 again, naming the failed version, and no second version."""
+    import json
+
+    gate = json.dumps([{"metric": "macro_f1", "min_value": 1.01}])
+    sets = [*COMMON, f"gate.criteria={gate}"]
+    cmd = train_cmd(["sentiment"], tmp_path / "reg", tmp_path / "ck", tmp_path / "data", sets)
+    cmd += ["--data", f"sentiment={tiny_text_data['single']}"]
+    first = run(cmd)
+    assert first.returncode == 1 and "GATE FAILED" in first.stderr, first.stderr[-2000:]
+    (failed,) = versions(tmp_path / "reg", "sentiment")
+    again = run(cmd)
+    assert again.returncode == 1 and f"already published sentiment/{failed.name}" in again.stdout
+    assert "GATE FAILED" in again.stderr and versions(tmp_path / "reg", "sentiment") == [failed]

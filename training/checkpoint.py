@@ -28,6 +28,7 @@ from .config import ConfigError, ModelConfig
 
 CHECKPOINT_FILE = "checkpoint.pt"
 DATA_FILE = "data.pkl"
+PUBLISHED_FILE = "published.json"  # what a finished run published: --resume does not train it again
 FORMAT = 1
 # settings that do not change what is trained: a resumed run may change them
 NOT_RECIPE = {("train", "progress"), ("train", "threads"), ("train", "device"), ("train", "checkpoint_every")}
@@ -129,13 +130,32 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def remove(folder: Path) -> None:
-    """Delete a finished run's checkpoint and data (and the folder when nothing else is in it)."""
-    for name in (CHECKPOINT_FILE, DATA_FILE):
+    """Delete a run's checkpoint, data and published record (and the folder when nothing else is in it)."""
+    for name in (CHECKPOINT_FILE, DATA_FILE, PUBLISHED_FILE):
         (Path(folder) / name).unlink(missing_ok=True)
     try:
         Path(folder).rmdir()
     except OSError:
         pass
+
+
+def finish(folder: Path, cfg: ModelConfig, fingerprint: str, version: str) -> None:
+    """The run published ``version``: drop checkpoint and data, keep a small record of it, so a
+    restarted job (``--resume``) reports that version instead of training the model again."""
+    remove(folder)
+    record = {"version": version, "recipe": recipe(cfg, fingerprint)}
+    _atomic_write(Path(folder) / PUBLISHED_FILE, lambda f: f.write(json.dumps(record, indent=1).encode()))
+
+
+def published(folder: Path, cfg: ModelConfig) -> str | None:
+    """The version a finished run of this recipe published (None if none, or another recipe's)."""
+    path = Path(folder) / PUBLISHED_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    saved = dict(record["recipe"])
+    current = recipe(cfg, saved.get("data.fingerprint", ""))  # the data are not prepared to check this
+    return record["version"] if saved == current else None
 
 
 def recipe_json(flat: dict[str, Any]) -> str:

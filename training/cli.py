@@ -225,8 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", default="data", help="where dataset snapshots are written (default ./data)")
     train.add_argument("--resume", action="store_true", help="continue each model from its checkpoint in "
                        "--checkpoint-dir when there is one (a killed run; a fresh start otherwise)")
-    train.add_argument("--checkpoint-dir", default="checkpoints", help="where run checkpoints are kept until the "
-                       "model is published (default ./checkpoints)")
+    train.add_argument("--checkpoint-dir", default=os.environ.get("TRAINING_CHECKPOINT_DIR", "checkpoints"),
+                       help="where run checkpoints are kept until the model is published "
+                       "(default $TRAINING_CHECKPOINT_DIR or ./checkpoints)")
     train.add_argument("--jobs", default="auto", help="models trained at once, each in its own process (default auto: "
                        "in parallel only for families that allow it, e.g. the single-thread translators)")
     train.set_defaults(func=cmd_train)

@@ -132,6 +132,10 @@ def run_model(
     say(f"\n=== {name} ({family.task}, preset {preset})"
         + (f", {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else "") + " ===", flush=True)
     ckpt = Checkpointing(checkpoint.checkpoint_path(checkpoint_dir, name), resume) if checkpoint_dir else None
+    if ckpt is not None and resume:
+        done = ctx.broadcast(_published_before(name, ckpt, cfg, registry_root) if main else None)
+        if done is not None:
+            return _already_published(name, done, registry_root, family) if main else None
     splits = _data(name, family, cfg, data_dir, ckpt, ctx)
     say(f"  data: {splits.dataset.source}; splits {splits.dataset.split_sizes}; "
         f"sha256 {splits.dataset.fingerprint[:12]}", flush=True)
@@ -216,7 +220,7 @@ def run_model(
             _remove_if_empty(registry_root / name)
         raise
     if ckpt is not None:  # published (servable or not): nothing left to resume
-        checkpoint.remove(ckpt.path.parent)
+        checkpoint.finish(ckpt.path.parent, cfg, splits.dataset.fingerprint, version)
     seconds = time.perf_counter() - t0
     result = ModelResult(name, version, final, seconds, family.headline_metric, metrics, baselines, manifest.gate, stages)
     hm = family.headline_metric
@@ -226,6 +230,28 @@ def run_model(
         print(f"  gate {line}")
     print(f"  {'registered' if manifest.gate.passed else 'NOT servable'}: {final}  "
           f"({seconds:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + ")", flush=True)
+    if not manifest.gate.passed:
+        raise GateFailed(result)
+    return result
+
+
+def _published_before(name: str, ckpt: Checkpointing, cfg: ModelConfig, registry_root: Path) -> str | None:
+    """The version a finished run of this recipe published, if it is still in the registry."""
+    version = checkpoint.published(ckpt.path.parent, cfg)
+    if version is not None and not (registry_root / name / version / registry.MANIFEST_FILE).is_file():
+        print(f"  [{name}] --resume: the run had published {version}, no longer in {registry_root}; "
+              "training again", flush=True)
+        return None
+    return version
+
+
+def _already_published(name: str, version: str, registry_root: Path, family: Family) -> ModelResult:
+    """Report what the run published (GateFailed if that version failed its gate)."""
+    path = registry_root / name / version
+    manifest = Manifest.load(path / registry.MANIFEST_FILE)
+    print(f"  [{name}] --resume: this run already published {name}/{version}; not training it again", flush=True)
+    result = ModelResult(name, version, path, 0.0, family.headline_metric, manifest.metrics,
+                         manifest.baseline_metrics, manifest.gate)
     if not manifest.gate.passed:
         raise GateFailed(result)
     return result
