@@ -13,6 +13,7 @@ replays the epoch's batch stream up to the saved data position, so it takes the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -198,6 +199,155 @@ def _read_checkpoint(ck: Checkpointing, cfg: ModelConfig, splits: Splits, label:
     return payload
 
 
+class _Run:
+    """One model's training loop: the objects it steps and what it checkpoints."""
+
+    def __init__(self, family: Family, model: torch.nn.Module, cfg: ModelConfig, splits: Splits, ctx: DistContext,
+                 checkpointing: Checkpointing | None, label: str, payload: dict | None):
+        self.family, self.model, self.cfg, self.splits, self.ctx = family, model, cfg, splits, ctx
+        self.checkpointing, self.label = checkpointing, label
+        self.tc = tc = cfg.train
+        self.monitor = tc.monitor or family.headline_metric
+        self.say = print if ctx.is_main else (lambda *a, **k: None)
+        self.device = ctx.device(resolve_device(tc.device))
+        self.per_epoch = steps_per_epoch(len(splits.train), cfg)
+        total = self.per_epoch * tc.epochs
+        self.budget_s = tc.max_minutes * 60 if tc.max_minutes else None
+        if payload is not None:
+            model.load_state_dict(payload["model"])
+        model.to(self.device)
+        self.optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr)
+        self.state = _State(**payload["state"]) if payload is not None else _State()
+        self.clock = _Clock(ctx, self.device, self.state.elapsed_s)
+        self.scheduler = _make_scheduler(self.optimizer, tc, int(tc.warmup_ratio * total), total, self.clock)
+        self.best_state = None
+        if payload is not None:
+            self._restore(payload)
+        elif ctx.rank:
+            seed_everything(tc.seed + 1000 * ctx.rank)  # own dropout stream; batches follow tc.seed on every rank
+        self.net = model
+        if ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # no BatchNorm here: buffers are constants, nothing to broadcast every step
+            self.net = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                               forward_sync_buffers=False)
+
+    def _restore(self, payload: dict) -> None:
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.best_state = payload["best"]
+        rngs, ctx = payload["rng"], self.ctx
+        if len(rngs) == ctx.world_size:
+            checkpoint.set_rng_state(rngs[ctx.rank])
+        else:  # resumed with another process count: rank 0 continues, the others start new streams
+            self.say(f"  [{self.label}] checkpoint written by {len(rngs)} process(es), resumed by {ctx.world_size}: "
+                     "dropout streams of ranks > 0 start afresh", flush=True)
+            checkpoint.set_rng_state(rngs[0])
+            if ctx.rank:
+                seed_everything(self.tc.seed + 1000 * ctx.rank + self.state.global_step)
+
+    def save_checkpoint(self) -> None:
+        """Every rank sends its RNG states; rank 0 writes the checkpoint."""
+        ck = self.checkpointing
+        if ck is None:
+            return
+        rngs = self.ctx.gather(checkpoint.rng_state())
+        if not self.ctx.is_main:
+            return
+        if ck.before_first_save is not None:
+            ck.before_first_save()
+            ck.before_first_save = None
+        self.state.elapsed_s = self.clock.local()
+        checkpoint.save(ck.path, {
+            "recipe": checkpoint.recipe_json(checkpoint.recipe(self.cfg, self.splits.dataset.fingerprint)),
+            "world_size": self.ctx.world_size,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rngs,
+            "state": asdict(self.state),
+            "best": self.best_state,
+        })
+
+    def train_epoch(self, kill_at: int) -> None:
+        """The optimizer steps of the current epoch from the data position on."""
+        st, tc, ctx, epoch = self.state, self.tc, self.ctx, self.state.epoch
+        self.net.train()
+        bar = tqdm(total=self.per_epoch, initial=st.step_in_epoch, desc=f"{self.label} epoch {epoch}/{tc.epochs}",
+                   disable=not (tc.progress and ctx.is_main), leave=False)
+        for step, batch in enumerate(self.family.batches(self.cfg, self.splits, "train", shuffle=True, seed=tc.seed + epoch)):
+            if step >= self.per_epoch:
+                break
+            if step < st.step_in_epoch:
+                continue  # resumed mid-epoch: the same stream, replayed up to the data position
+            if self.budget_s is not None and self.clock.sync() >= self.budget_s:
+                st.out_of_time = True
+                break
+            local, scale = shard_batch(self.family, batch, ctx)
+            local = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in local.items()}
+            loss = self.family.loss(self.net, local)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{self.label}: loss is {loss.item()} at epoch {epoch} step {step}; lower train.lr")
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.zero_grad(set_to_none=True)
+            (loss * scale if scale != 1.0 else loss).backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            # the global batch's mean loss: the ranks' weighted shares, summed
+            step_loss = ctx.sum([loss.item() * scale], self.device)[0] / ctx.world_size if ctx.enabled else loss.item()
+            st.epoch_losses.append(step_loss)
+            st.global_step += 1
+            st.step_in_epoch = step + 1
+            st.steps.append({"step": st.global_step, "epoch": epoch, "loss": step_loss, "lr": lr,
+                             "seconds": round(self.clock.local(), 4)})
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(st.epoch_losses[-50:]):.4f}", best=f"{max(st.best_metric, 0):.4f}")
+            if tc.checkpoint_every and st.global_step % tc.checkpoint_every == 0:
+                self.save_checkpoint()
+            if st.global_step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)  # fault drill (tests): die as a preempted pod would
+        bar.close()
+
+    def end_epoch(self, seconds: float) -> dict:
+        """Validate, keep the best weights, decide whether to stop; the epoch's log record."""
+        st, tc, monitor, epoch = self.state, self.tc, self.monitor, self.state.epoch
+        val = validate(self.family, self.model, self.cfg, self.splits, self.ctx)
+        if monitor not in val:
+            raise ConfigError(f"{self.label}.train.monitor: {monitor!r} not among validation metrics {sorted(val)}")
+        record = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(st.epoch_losses)) if st.epoch_losses else float("nan"),
+            **{f"val_{k}" if not k.startswith("val_") else k: float(v) for k, v in val.items()},
+            "lr": self.scheduler.get_last_lr()[0],
+            "steps": len(st.epoch_losses),
+            "seconds": round(seconds, 2),
+        }
+        improved = val[monitor] > st.best_metric
+        if improved:
+            st.best_metric, st.best_epoch, st.bad_epochs = val[monitor], epoch, 0
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        else:
+            st.bad_epochs += 1
+        record["best"] = improved
+        if st.out_of_time:
+            record["time_budget_reached"] = True
+        st.history.append(record)
+        self.say(f"  [{self.label}] epoch {epoch}: train_loss {record['train_loss']:.4f}  val {monitor} "
+                 f"{val[monitor]:.4f}{'  *best' if improved else ''}  ({record['seconds']:.0f} s)", flush=True)
+        st.epoch, st.step_in_epoch, st.epoch_losses = epoch + 1, 0, []
+        if st.out_of_time:
+            self.say(f"  [{self.label}] time budget of {tc.max_minutes} min reached after epoch {epoch}", flush=True)
+            st.finished = True
+        elif st.bad_epochs >= tc.patience and epoch < tc.epochs:
+            st.stopped_early = st.finished = True
+            self.say(f"  [{self.label}] early stop: no validation improvement for {st.bad_epochs} epoch(s)", flush=True)
+        elif epoch >= tc.epochs:
+            st.finished = True
+        return record
+
+
 def train(
     family: Family,
     model: torch.nn.Module,
@@ -210,187 +360,50 @@ def train(
     ctx: DistContext = SINGLE,
     checkpointing: Checkpointing | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place; on return it holds the best validation checkpoint (on CPU).
+    """Train ``model`` in place; on return it holds the best validation weights (on CPU).
 
     Under torchrun (``ctx``) the model is wrapped in DistributedDataParallel and every rank
     trains on its share of each global batch; logs, plots and checkpoints are rank 0's
     (``log_path`` and ``plots_dir`` may be None on the other ranks).
     """
-    tc = cfg.train
-    monitor = tc.monitor or family.headline_metric
-    main = ctx.is_main
-    say = print if main else (lambda *a, **k: None)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    device = ctx.device(resolve_device(tc.device))
-    per_epoch = steps_per_epoch(len(splits.train), cfg)
-    total = per_epoch * tc.epochs
-    warmup = int(tc.warmup_ratio * total)
-    budget_s = tc.max_minutes * 60 if tc.max_minutes else None
-
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     payload = None
     if checkpointing is not None and checkpointing.resume:
-        payload = ctx.broadcast(_read_checkpoint(checkpointing, cfg, splits, label) if main else None)
-    if payload is not None:
-        model.load_state_dict(payload["model"])
-    model.to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr)
-    state = _State(**payload["state"]) if payload is not None else _State()
-    clock = _Clock(ctx, device, state.elapsed_s)
-    scheduler = _make_scheduler(optimizer, tc, warmup, total, clock)
-    best_state = None
-    if payload is not None:
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        best_state = payload["best"]
-        rngs = payload["rng"]
-        if len(rngs) == ctx.world_size:
-            checkpoint.set_rng_state(rngs[ctx.rank])
-        else:  # resumed with another process count: rank 0 continues, the others start new streams
-            say(f"  [{label}] checkpoint written by {len(rngs)} process(es), resumed by {ctx.world_size}: "
-                "dropout streams of ranks > 0 start afresh", flush=True)
-            checkpoint.set_rng_state(rngs[0])
-            if ctx.rank:
-                seed_everything(tc.seed + 1000 * ctx.rank + state.global_step)
-    elif ctx.rank:
-        seed_everything(tc.seed + 1000 * ctx.rank)  # own dropout stream; batches follow tc.seed on every rank
-    resumed_at = state.global_step if payload is not None else None
-    net = model
-    if ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # no BatchNorm here: buffers are constants, nothing to broadcast every step
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                      forward_sync_buffers=False)
-
-    def save_checkpoint() -> None:
-        if checkpointing is None:
-            return
-        rngs = ctx.gather(checkpoint.rng_state())
-        if main:
-            if checkpointing.before_first_save is not None:
-                checkpointing.before_first_save()
-                checkpointing.before_first_save = None
-            state.elapsed_s = clock.local()
-            checkpoint.save(checkpointing.path, {
-                "recipe": checkpoint.recipe_json(checkpoint.recipe(cfg, splits.dataset.fingerprint)),
-                "world_size": ctx.world_size,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rngs,
-                "state": asdict(state),
-                "best": best_state,
-            })
-
+        payload = ctx.broadcast(_read_checkpoint(checkpointing, cfg, splits, label) if ctx.is_main else None)
+    run = _Run(family, model, cfg, splits, ctx, checkpointing, label, payload)
+    state = run.state
     kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0") or 0)
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "w", encoding="utf-8") if log_path is not None else None
-    if log is not None:
-        for record in state.history:
+    with open(log_path, "w", encoding="utf-8") if log_path is not None else contextlib.nullcontext() as log:
+        for record in state.history if log is not None else []:
             log.write(json.dumps(record) + "\n")
-    try:
         while not state.finished:
-            epoch = state.epoch
             t_epoch = time.perf_counter()
-            net.train()
-            bar = tqdm(total=per_epoch, initial=state.step_in_epoch, desc=f"{label} epoch {epoch}/{tc.epochs}",
-                       disable=not (tc.progress and main), leave=False)
-            for step, batch in enumerate(family.batches(cfg, splits, "train", shuffle=True, seed=tc.seed + epoch)):
-                if step >= per_epoch:
-                    break
-                if step < state.step_in_epoch:
-                    continue  # resumed mid-epoch: the same stream, replayed up to the data position
-                if budget_s is not None and clock.sync() >= budget_s:
-                    state.out_of_time = True
-                    break
-                local, scale = shard_batch(family, batch, ctx)
-                local = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in local.items()}
-                loss = family.loss(net, local)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{label}: loss is {loss.item()} at epoch {epoch} step {step}; lower train.lr")
-                lr = optimizer.param_groups[0]["lr"]
-                optimizer.zero_grad(set_to_none=True)
-                (loss * scale if scale != 1.0 else loss).backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                # the global batch's mean loss: the ranks' weighted shares, summed
-                step_loss = ctx.sum([loss.item() * scale], device)[0] / ctx.world_size if ctx.enabled else loss.item()
-                state.epoch_losses.append(step_loss)
-                state.global_step += 1
-                state.step_in_epoch = step + 1
-                state.steps.append({"step": state.global_step, "epoch": epoch, "loss": step_loss, "lr": lr,
-                                    "seconds": round(clock.local(), 4)})
-                bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(state.epoch_losses[-50:]):.4f}", best=f"{max(state.best_metric, 0):.4f}")
-                if tc.checkpoint_every and state.global_step % tc.checkpoint_every == 0:
-                    save_checkpoint()
-                if state.global_step == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)  # fault drill (tests): die as a preempted pod would
-            bar.close()
-            val = validate(family, model, cfg, splits, ctx)
-            if monitor not in val:
-                raise ConfigError(f"{label}.train.monitor: {monitor!r} not among validation metrics {sorted(val)}")
-            record = {
-                "epoch": epoch,
-                "train_loss": float(np.mean(state.epoch_losses)) if state.epoch_losses else float("nan"),
-                **{f"val_{k}" if not k.startswith("val_") else k: float(v) for k, v in val.items()},
-                "lr": scheduler.get_last_lr()[0],
-                "steps": len(state.epoch_losses),
-                "seconds": round(time.perf_counter() - t_epoch, 2),
-            }
-            improved = val[monitor] > state.best_metric
-            if improved:
-                state.best_metric, state.best_epoch = val[monitor], epoch
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                state.bad_epochs = 0
-            else:
-                state.bad_epochs += 1
-            record["best"] = improved
-            if state.out_of_time:
-                record["time_budget_reached"] = True
-            state.history.append(record)
+            run.train_epoch(kill_at)
+            record = run.end_epoch(time.perf_counter() - t_epoch)
             if log is not None:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
-            say(
-                f"  [{label}] epoch {epoch}: train_loss {record['train_loss']:.4f}  val {monitor} {val[monitor]:.4f}"
-                f"{'  *best' if improved else ''}  ({record['seconds']:.0f} s)",
-                flush=True,
-            )
-            state.epoch, state.step_in_epoch, state.epoch_losses = epoch + 1, 0, []
-            if state.out_of_time:
-                say(f"  [{label}] time budget of {tc.max_minutes} min reached after epoch {epoch}", flush=True)
-                state.finished = True
-            elif state.bad_epochs >= tc.patience and epoch < tc.epochs:
-                state.stopped_early = True
-                say(f"  [{label}] early stop: no validation improvement for {state.bad_epochs} epoch(s)", flush=True)
-                state.finished = True
-            elif epoch >= tc.epochs:
-                state.finished = True
-            save_checkpoint()
-    finally:
-        if log is not None:
-            log.close()
-    del net  # drop DDP's gradient hooks before export
-    if best_state is not None:
-        model.load_state_dict(best_state)
+            run.save_checkpoint()
+    del run.net  # drop DDP's gradient hooks before export
+    if run.best_state is not None:
+        model.load_state_dict(run.best_state)
     model.to("cpu").eval()  # export and parity checks run on CPU
     if plots_dir is not None:
-        curves_plot(state.history, monitor, plots_dir)
+        curves_plot(state.history, run.monitor, plots_dir)
     if log_path is not None:
         with open(log_path.with_name(STEPS_LOG), "w", encoding="utf-8") as f:
             f.writelines(json.dumps(s) + "\n" for s in state.steps)
     return TrainResult(
         best_epoch=state.best_epoch,
         best_metric=float(state.best_metric),
-        monitor=monitor,
+        monitor=run.monitor,
         epochs_run=len(state.history),
         stopped_early=state.stopped_early or state.out_of_time,
-        duration_s=clock.local(),
+        duration_s=run.clock.local(),
         history=state.history,
         steps=state.steps,
-        resumed_at_step=resumed_at,
+        resumed_at_step=payload["state"]["global_step"] if payload is not None else None,
     )
