@@ -1,12 +1,21 @@
-"""Service vs raw onnxruntime, for the given models (default sentiment and fashion).
+"""Service vs raw onnxruntime, for the given models (default sentiment and fashion), door by door.
 
 Raw: the model's own graph in-process through its runtime, with the service's thread
 count; "raw" latency is onnxruntime's ``session.run`` time (``last_timings["inference"]``),
 "in-process" adds the runtime's pre/post-processing. Service: the real ``bentoml serve``
-over HTTP, driven by ``wrk`` (default; benchmarks/wrk_fixed_count.lua stops it after a
-fixed number of responses) or ``hey``, with one item per request: 1 client (p50, p99) and
-32 clients (items/s, p50, p99, errors), fixed request counts, bounded time. The load
-generator runs on the same cores as the service, so its own CPU per request is reported:
+driven with one item per request: 1 client (p50, p99) and 32 clients (items/s, p50, p99,
+errors), fixed request counts, bounded time, through each door:
+
+- ``json``: the task JSON API over HTTP, driven by ``wrk`` (default; benchmarks/wrk_fixed_count.lua
+  stops it after a fixed number of responses) or ``hey``;
+- ``oip-rest``: the Open Inference Protocol over HTTP, by ``wrk`` sending the exact bytes
+  ``tritonclient.http`` sends by default (binary tensor data extension);
+- ``oip-grpc``: the Open Inference Protocol over gRPC, by ``h2load`` (nghttp2's HTTP/2 load
+  generator, in C) sending the exact ``ModelInferRequest`` ``tritonclient.grpc`` sends; gRPC
+  answers errors inside HTTP 200, so errors are also counted from the server's own
+  ``modelserve_requests_total`` (every door's non-200 answers are).
+
+The load generator runs on the same cores as the service, so its own CPU per request is reported:
 hey spends several times more than wrk, CPU the service then lacks.
 
     .venv/bin/python benchmarks/service_bench.py [--registry exported] [--models sentiment,fashion]
@@ -135,12 +144,14 @@ class Server:
     """``bentoml serve`` in its own process group, stopped on exit."""
 
     def __init__(self, registry: Path, env: dict[str, str], workdir: Path, target: str = "service.app:ModelService"):
-        self.port = free_port()
+        self.port, grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_address = f"127.0.0.1:{grpc_port}"
         self.log = workdir / f"serve-{self.port}.log"
         bentoml = Path(sys.executable).with_name("bentoml")
         full_env = {**os.environ, "MODEL_REGISTRY": str(registry), "BENTOML_HOME": str(workdir / "home"),
-                    "BENTOML_DO_NOT_TRACK": "True", **env}
+                    "BENTOML_DO_NOT_TRACK": "True", "SERVICE_GRPC_HOST": "127.0.0.1",
+                    "SERVICE_GRPC_PORT": str(grpc_port), **env}
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [str(bentoml), "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
@@ -164,6 +175,14 @@ class Server:
                 pass
         return total
 
+    def refused(self) -> float:
+        """Non-200 answers the server has counted so far, every door (modelserve_requests_total)."""
+        total = 0.0
+        for line in _get(f"{self.url}/metrics").splitlines():
+            if line.startswith("modelserve_requests_total{") and 'status="200"' not in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -178,7 +197,7 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def hey(url: str, body_file: Path, n: int, c: int, timeout_s: float) -> Load:
+def hey(url: str, body_file: Path, n: int, c: int, timeout_s: float, headers: dict[str, str] | None = None) -> Load:
     """Run hey with CSV output; latency percentiles and items/s from its per-request rows.
 
     hey sends n // c requests per client; a request missing from its rows (connection error,
@@ -186,7 +205,8 @@ def hey(url: str, body_file: Path, n: int, c: int, timeout_s: float) -> Load:
     """
     n = (n // c) * c
     cmd = ["hey", "-n", str(n), "-c", str(c), "-t", "20", "-m", "POST", "-T", "application/json",
-           "-D", str(body_file), "-o", "csv", url]
+           "-D", str(body_file), "-o", "csv", *(a for k, v in (headers or {}).items() for a in ("-H", f"{k}: {v}")),
+           url]
     cpu0 = _children_cpu()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s).stdout
     client_cpu = _children_cpu() - cpu0
@@ -206,13 +226,14 @@ def hey(url: str, body_file: Path, n: int, c: int, timeout_s: float) -> Load:
 WRK_SCRIPT = ROOT / "benchmarks" / "wrk_fixed_count.lua"
 
 
-def wrk(url: str, body_file: Path, n: int, c: int, timeout_s: float) -> Load:
+def wrk(url: str, body_file: Path, n: int, c: int, timeout_s: float, headers: dict[str, str] | None = None) -> Load:
     """Run wrk (one thread, ``c`` connections) until ``n`` responses; see wrk_fixed_count.lua.
 
     Errors are non-200 answers plus socket errors, and every missing response if wrk ran
     out of time before ``n``. Latency percentiles come from wrk's own histogram.
     """
-    env = {**os.environ, "BODY": str(body_file), "N": str(n)}
+    env = {**os.environ, "BODY": str(body_file), "N": str(n),
+           "HEADERS": "\n".join(f"{k}: {v}" for k, v in (headers or {}).items())}
     cmd = ["wrk", "-t1", f"-c{c}", f"-d{int(timeout_s)}s", "--timeout", "20s", "--latency", "-s", str(WRK_SCRIPT), url]
     cpu0 = _children_cpu()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 30, env=env).stdout
@@ -230,7 +251,76 @@ def wrk(url: str, body_file: Path, n: int, c: int, timeout_s: float) -> Load:
                 client_cpu_ms_per_request=1000 * client_cpu / max(answered, 1))
 
 
+def h2load(url: str, body_file: Path, n: int, c: int, timeout_s: float, headers: dict[str, str] | None = None) -> Load:
+    """Run h2load (one thread, ``c`` HTTP/2 connections, one stream each) for ``n`` requests.
+
+    Latency percentiles and items/s come from its per-request log (start, status, duration);
+    a missing or non-200 row is an error. gRPC errors travel in trailers of HTTP 200
+    answers: the caller adds the server's own count of them.
+    """
+    log = body_file.with_suffix(".h2load.tsv")
+    cmd = ["h2load", "-n", str(n), "-c", str(c), "-m", "1", "-t", "1", "-d", str(body_file),
+           "--log-file", str(log), *(a for k, v in (headers or {}).items() for a in ("-H", f"{k}: {v}")), url]
+    cpu0 = _children_cpu()
+    subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 30)
+    client_cpu = _children_cpu() - cpu0
+    rows = [line.split("\t") for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    starts = np.array([float(r[0]) for r in rows]) / 1e6
+    lat = np.array([float(r[2]) for r in rows]) / 1e6
+    ok = sum(r[1] == "200" for r in rows)
+    elapsed = float((starts + lat).max() - starts.min()) if rows else 0.0
+    return Load(clients=c, requests=n, ok=ok, errors=n - ok, items_s=ok / elapsed if elapsed else 0.0,
+                p50_ms=1000 * float(np.median(lat)) if rows else float("nan"),
+                p99_ms=1000 * float(np.percentile(lat, 99)) if rows else float("nan"),
+                client_cpu_ms_per_request=1000 * client_cpu / max(len(rows), 1))
+
+
 LOAD_GENERATORS = {"wrk": wrk, "hey": hey}
+DOORS = ("json", "oip-rest", "oip-grpc")
+
+
+@dataclass
+class DoorRequest:
+    """One request as a door's wire bytes, and how to drive it."""
+
+    door: str
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    run: object  # the load generator function
+
+
+def _oip_input(module, task: str, item):
+    if task == "image-classification":
+        tensor = module.InferInput("image_bytes", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([item], dtype=object))
+    else:
+        tensor = module.InferInput("text", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([item.encode("utf-8")], dtype=object))
+    return tensor
+
+
+def door_request(door: str, server: "Server", name: str, task: str, item, json_body: dict, client: str) -> DoorRequest:
+    """The bytes a real client of ``door`` sends for one item (tritonclient's own encoders for the OIP doors)."""
+    if door == "json":
+        return DoorRequest(door, server.url + ENDPOINTS[task], json.dumps(json_body).encode(), {},
+                           LOAD_GENERATORS[client])
+    if door == "oip-rest":
+        import tritonclient.http as thttp
+        from tritonclient.http._utils import _get_inference_request
+
+        body, json_size = _get_inference_request([_oip_input(thttp, task, item)], "", None, 0, False, False, 0,
+                                                 None, None)
+        headers = {"Inference-Header-Content-Length": str(json_size)} if json_size is not None else {}
+        return DoorRequest(door, f"{server.url}/v2/models/{name}/infer", body, headers, wrk)
+    import tritonclient.grpc as tgrpc
+    from tritonclient.grpc._utils import _get_inference_request as grpc_request
+
+    message = grpc_request(name, [_oip_input(tgrpc, task, item)], "", "", None, 0, False, False, 0, None,
+                           None).SerializeToString()
+    framed = b"\x00" + len(message).to_bytes(4, "big") + message  # gRPC length-prefixed message
+    return DoorRequest(door, f"http://{server.grpc_address}/inference.GRPCInferenceService/ModelInfer", framed,
+                       {"content-type": "application/grpc", "te": "trailers"}, h2load)
 
 
 def machine() -> str:
@@ -258,12 +348,13 @@ def versions() -> str:
     return ", ".join(parts)
 
 
-def write_results(path: Path, section: str) -> None:
+def write_results(path: Path, section: str, start: str = SECTION_START, end: str = SECTION_END) -> None:
+    """Replace the section between the ``start`` and ``end`` markers of ``path`` (append it when missing)."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"{SECTION_START}\n{section.rstrip()}\n{SECTION_END}"
-    if SECTION_START in text and SECTION_END in text:
-        before, rest = text.split(SECTION_START, 1)
-        _, after = rest.split(SECTION_END, 1)
+    block = f"{start}\n{section.rstrip()}\n{end}"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        _, after = rest.split(end, 1)
         text = before + block + after
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
@@ -285,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=240, help="seconds allowed per load run")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     ap.add_argument("--multi-items", type=int, default=8, help="items per request in the extra 32-client run (1: skip)")
-    ap.add_argument("--client", default="wrk", choices=sorted(LOAD_GENERATORS), help="load generator")
+    ap.add_argument("--client", default="wrk", choices=sorted(LOAD_GENERATORS), help="load generator (JSON door)")
+    ap.add_argument("--doors", default=",".join(DOORS), help=f"doors to drive, json first ({', '.join(DOORS)})")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--note", default="", help="a line about the models (how they were made) for the header")
     ap.add_argument("--baseline", action="store_true",
@@ -298,10 +390,14 @@ def main(argv: list[str] | None = None) -> int:
            "SERVICE_VARIANT": "fp32", "SERVICE_DEFAULT_BATCH__MAX_BATCH_SIZE": str(args.max_batch),
            "SERVICE_DEFAULT_BATCH__MAX_WAIT_MS": str(args.max_wait_ms),
            "SERVICE_MODELS": json.dumps(args.models.split(","))}
-    rows, baseline_rows, multi_rows = [], [], []
+    doors = [d for d in args.doors.split(",") if d]
+    unknown = set(doors) - set(DOORS)
+    if unknown or "json" not in doors:
+        ap.error(f"--doors: choose from {', '.join(DOORS)}, json included (got {args.doors})")
+    rows, baseline_rows, multi_rows, door_rows = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="service-bench-") as tmp:
         tmpdir = Path(tmp)
-        raws, raws_all, items, tasks, model_versions = {}, {}, {}, {}, {}
+        raws, raws_all, items, raw_items, tasks, model_versions = {}, {}, {}, {}, {}, {}
         load_before = os.getloadavg()
         for name in args.models.split(","):
             manifest, _ = load_version(args.registry, name)
@@ -309,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             model_versions[name] = manifest.version
             item, body = sample_item(manifest.task)
             items[name] = body | {"model": name}
+            raw_items[name] = item
             print(f"[{name}] raw onnxruntime, {threads} thread(s) ...", flush=True)
             raws[name] = measure_raw(args.registry, name, settings, item, args.raw_iters, max(30, args.raw_iters // 4))
             cores = os.cpu_count() or 1
@@ -321,18 +418,21 @@ def main(argv: list[str] | None = None) -> int:
             server.wait_ready()
             provider = json.loads(_get(f"{server.url}/models"))["models"][0]["provider"]
             for name in args.models.split(","):
-                print(f"[{name}] service: warm-up, 1 client, 32 clients ...", flush=True)
-                url = server.url + ENDPOINTS[tasks[name]]
-                one, many = load_runs(server, url, items[name], tmpdir / f"{name}.json", args)
-                rows.append((name, raws[name], one, many))
+                for door in doors:
+                    print(f"[{name}] service, {door} door: warm-up, 1 client, 32 clients ...", flush=True)
+                    req = door_request(door, server, name, tasks[name], raw_items[name], items[name], args.client)
+                    one, many = load_runs(server, req, tmpdir / f"{name}-{door}.body", args)
+                    door_rows.append((name, door, raws[name], one, many))
+                    if door == "json":
+                        rows.append((name, raws[name], one, many))
                 if args.multi_items > 1:
                     key = "images" if "images" in items[name] else "texts"
                     body = items[name] | {key: items[name][key] * args.multi_items}
+                    req = door_request("json", server, name, tasks[name], raw_items[name], body, args.client)
                     body_file = tmpdir / f"{name}-multi.json"
-                    body_file.write_text(json.dumps(body))
+                    body_file.write_bytes(req.body)
                     n = max(32, args.requests_32 // args.multi_items)
-                    load = with_server_cpu(server, LOAD_GENERATORS[args.client], url, body_file, n, args.timeout,
-                                           items_per_request=args.multi_items)
+                    load = with_server_cpu(server, req, body_file, n, args.timeout, items_per_request=args.multi_items)
                     multi_rows.append((name, raws[name], load))
         finally:
             server.stop()
@@ -344,14 +444,18 @@ def main(argv: list[str] | None = None) -> int:
                 for name in args.models.split(","):
                     print(f"[{name}] BentoML adaptive batching baseline ...", flush=True)
                     body = {k: v for k, v in items[name].items() if k != "model"}
-                    url = server.url + ENDPOINTS[tasks[name]]
-                    one, many = load_runs(server, url, body, tmpdir / f"{name}-base.json", args)
+                    req = door_request("json", server, name, tasks[name], raw_items[name], body, args.client)
+                    one, many = load_runs(server, req, tmpdir / f"{name}-base.json", args)
                     baseline_rows.append((name, raws[name], one, many))
             finally:
                 server.stop()
 
     load_after = os.getloadavg()
     table = render(rows, provider)
+    if len(doors) > 1:
+        table += ("\nThe same models through every door (JSON API by " + args.client + ", OIP REST by wrk with "
+                  "tritonclient.http's bytes, OIP gRPC by h2load with tritonclient.grpc's message); one item per "
+                  "request:\n\n" + render_doors(door_rows))
     if multi_rows:
         table += (f"\n32 clients sending {args.multi_items} items per request "
                   f"({max(32, args.requests_32 // args.multi_items)} requests):\n\n"
@@ -399,24 +503,54 @@ def _get(url: str) -> str:
         return r.read().decode()
 
 
-def load_runs(server: "Server", url: str, body: dict, body_file: Path, args) -> tuple[Load, Load]:
+def load_runs(server: "Server", req: DoorRequest, body_file: Path, args) -> tuple[Load, Load]:
     """Warm-up, then the 1-client and 32-client runs (the latter with the server's CPU per item)."""
-    body_file.write_text(json.dumps(body))
-    run = LOAD_GENERATORS[args.client]
-    run(url, body_file, 200, 8, args.timeout)
-    one = run(url, body_file, args.requests_1, 1, args.timeout)
-    many = with_server_cpu(server, run, url, body_file, args.requests_32, args.timeout)
+    body_file.write_bytes(req.body)
+    req.run(req.url, body_file, 200, 8, args.timeout, req.headers)
+    one = counted(server, req, body_file, args.requests_1, 1, args.timeout)
+    many = with_server_cpu(server, req, body_file, args.requests_32, args.timeout)
     return one, many
 
 
-def with_server_cpu(server: "Server", run, url: str, body_file: Path, n: int, timeout_s: float,
+def counted(server: "Server", req: DoorRequest, body_file: Path, n: int, c: int, timeout_s: float) -> Load:
+    """One run; errors also include what the server itself refused (gRPC errors hide in HTTP 200)."""
+    refused0 = server.refused()
+    load = req.run(req.url, body_file, n, c, timeout_s, req.headers)
+    refused = int(server.refused() - refused0)
+    if refused > load.errors:
+        load.ok -= refused - load.errors
+        load.errors = refused
+    return load
+
+
+def with_server_cpu(server: "Server", req: DoorRequest, body_file: Path, n: int, timeout_s: float,
                     items_per_request: int = 1) -> Load:
     """A 32-client run with the server's CPU per item; items/s counts every item of each request."""
     cpu0 = server.cpu_seconds()
-    load = run(url, body_file, n, 32, timeout_s)
+    load = counted(server, req, body_file, n, 32, timeout_s)
     load.server_cpu_ms_per_item = 1000 * (server.cpu_seconds() - cpu0) / max(load.ok * items_per_request, 1)
     load.items_s *= items_per_request
     return load
+
+
+def render_doors(rows) -> str:
+    """Every door side by side: throughput against raw and against the JSON door, and CPU per item."""
+    lines = [
+        "| model | door | 1 client p50 ms | 1 client p99 ms | 32 clients items/s | vs raw b32 | vs JSON door "
+        "| 32 clients p50 ms | 32 clients p99 ms | errors | service CPU ms/item (32c) | vs raw CPU/item "
+        "| client CPU ms/request (32c) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    json_rate = {name: many.items_s for name, door, _, _, many in rows if door == "json"}
+    for name, door, raw, one, many in rows:
+        vs_json = f"{many.items_s / json_rate[name]:.2f}x" if json_rate.get(name) else "-"
+        lines.append(
+            f"| {name} | {door} | {one.p50_ms:.2f} | {one.p99_ms:.2f} | {many.items_s:,.0f} | "
+            f"{many.items_s / raw.b32_items_s:.2f}x | {vs_json} | {many.p50_ms:.1f} | {many.p99_ms:.1f} | "
+            f"{one.errors + many.errors} | {many.server_cpu_ms_per_item:.2f} | "
+            f"{many.server_cpu_ms_per_item / raw.cpu_ms_per_item:.2f}x | {many.client_cpu_ms_per_request:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def render(rows, provider: str, label: str = "") -> str:

@@ -1,5 +1,6 @@
 -- wrk script: POST one JSON body until a fixed number of responses, then stop and report.
--- Run with one wrk thread (-t1). Environment: BODY (path of the JSON body file), N (responses to wait for).
+-- Run with one wrk thread (-t1). Environment: BODY (path of the body file), N (responses to wait for),
+-- HEADERS (optional extra header lines).
 -- wrk runs for a duration; this script counts responses, and when the count is reached it
 -- interrupts wrk (SIGINT, which wrk answers by stopping and printing its summary) and records
 -- the time, so items/s is measured over exactly N responses. done() prints one JSON line
@@ -30,6 +31,11 @@ function init(args)
   local f = assert(io.open(body_path, "rb"))
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
+  -- HEADERS: extra "Name: value" lines (e.g. the OIP binary extension's Inference-Header-Content-Length)
+  for line in string.gmatch(os.getenv("HEADERS") or "", "[^\n]+") do
+    local name, value = string.match(line, "^([^:]+):%s*(.*)$")
+    if name then wrk.headers[name] = value end
+  end
   wrk.body = f:read("*a")
   f:close()
   n, bad, t_start, t_end = 0, 0, now(), 0

@@ -7,16 +7,19 @@ each scraped instance (see ``monitoring/prometheus/rules.yml``).
 
 API (all label values are strings; ``model``/``version`` are the registry name and version):
 
-- ``observe_request(endpoint, status, seconds)``: one HTTP request answered with ``status``.
-- ``in_flight(endpoint)``: context manager counting requests being handled (or the pair
-  ``request_started(endpoint)`` / ``request_finished(endpoint)``).
+- ``observe_request(endpoint, status, seconds, protocol="json")``: one request answered with
+  ``status`` (an HTTP status code; the gRPC door records the HTTP status its answer maps to).
+  ``protocol`` is the door: ``json`` (the task JSON API), ``oip-rest`` or ``oip-grpc`` (the Open
+  Inference Protocol over HTTP or gRPC); ``PROTOCOLS`` lists them.
+- ``in_flight(endpoint, protocol="json")``: context manager counting requests being handled (or the
+  pair ``request_started(endpoint, protocol)`` / ``request_finished(endpoint, protocol)``).
 - ``observe_batch(model, version, rows, timings, queue_wait_seconds=None)``: one model call;
   ``timings`` is ``Runtime.last_timings`` (stage -> seconds: preprocess, inference, postprocess),
   ``queue_wait_seconds`` one value or one per request merged into the batch.
 - ``observe_inputs(model, version, sizes)``: input sizes, ``{"tokens": [...], "pixels": [...],
   "generated_tokens": [...]}`` (any subset; one value per item).
 - ``count_items(model, version, n)``: items predicted.
-- ``count_error(endpoint, model, kind)``: kind in ``ERROR_KINDS``.
+- ``count_error(endpoint, model, kind, protocol="json")``: kind in ``ERROR_KINDS``.
 - ``observe_predictions(model, version, manifest, features_per_item, labels_per_item=None,
   top_confidences=None)``: predicted classes (one list per item; several labels for multi-label),
   top-class confidence, and the drift bins of every ``reference_profile`` feature found in each
@@ -26,6 +29,10 @@ API (all label values are strings; ``model``/``version`` are the registry name a
   every drift bin counter at 0 (so a bin never seen live still counts as empty).
 - ``exposition()``: ``(body, content_type)`` of every process's metrics in the text format, for a
   ``/metrics`` route (all workers' series when ``PROMETHEUS_MULTIPROC_DIR`` is set).
+- ``observe_version_request(model, version, route, status, seconds)``: one request answered by one
+  version; route is primary, canary, pinned (the client named the version) or shadow (mirrored).
+- ``count_shadow(model, primary, candidate, agree, disagree)``: shadow items whose answers agreed or not.
+- ``set_rollout(model, primary, candidate, mode, share)``: the model's rollout roles (rollout_info, share).
 - ``start_gpu_sampler(interval_s=5.0)``: samples GPU utilisation and memory through nvidia-ml-py
   in a daemon thread; returns False (and no GPU series exist) when no GPU is present. The first
   ``set_model_info`` call of a process starts it, so every serving worker exports GPU metrics.
@@ -58,7 +65,8 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "modelserve"
 ERROR_KINDS = ("validation", "model_failure", "overload", "not_found")
-MODEL_STATUSES = ("loading", "ready", "failed")
+PROTOCOLS = ("json", "oip-rest", "oip-grpc")
+MODEL_STATUSES = ("loading", "ready", "failed", "unloaded")
 STAGES = ("queue_wait", "preprocess", "inference", "postprocess")
 INPUT_SIZE_KINDS = ("tokens", "pixels", "generated_tokens")
 OTHER_BIN = "(other)"
@@ -69,6 +77,7 @@ INPUT_SIZES_BY_TASK = {
     "translation": ("tokens", "generated_tokens"),
 }
 
+VERSION_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -84,16 +93,16 @@ class ServiceMetrics:
             return f"{NAMESPACE}_{n}"
 
         r = {"registry": registry}
-        self.requests = Counter(name("requests"), "HTTP requests answered, by endpoint and status code.",
-                                ["endpoint", "status"], **r)
+        self.requests = Counter(name("requests"), "Requests answered, by endpoint, status code and protocol "
+                                "(json, oip-rest, oip-grpc).", ["endpoint", "status", "protocol"], **r)
         self.request_duration = Histogram(name("request_duration_seconds"),
-                                          "HTTP request latency, by endpoint and status code.",
-                                          ["endpoint", "status"], buckets=LATENCY_BUCKETS, **r)
-        self.in_flight_requests = Gauge(name("requests_in_flight"), "Requests being handled, by endpoint.",
-                                        ["endpoint"], multiprocess_mode="livesum", **r)
-        self.errors = Counter(name("errors"), "Errors by endpoint, model and kind "
-                              "(validation, model_failure, overload, not_found).",
-                              ["endpoint", "model", "kind"], **r)
+                                          "Request latency, by endpoint, status code and protocol.",
+                                          ["endpoint", "status", "protocol"], buckets=LATENCY_BUCKETS, **r)
+        self.in_flight_requests = Gauge(name("requests_in_flight"), "Requests being handled, by endpoint and "
+                                        "protocol.", ["endpoint", "protocol"], multiprocess_mode="livesum", **r)
+        self.errors = Counter(name("errors"), "Errors by endpoint, model, kind "
+                              "(validation, model_failure, overload, not_found) and protocol.",
+                              ["endpoint", "model", "kind", "protocol"], **r)
         self.items = Counter(name("items"), "Items (rows) predicted, by model and version.",
                              ["model", "version"], **r)
         self.batches = Counter(name("batches"), "Model calls (batches), by model and version.",
@@ -125,6 +134,21 @@ class ServiceMetrics:
                                 ["model", "version", "task", "provider", "status"], multiprocess_mode="max", **r)
         self.load_duration = Gauge(name("model_load_duration_seconds"), "Seconds the last load of a "
                                    "model version took.", ["model", "version"], multiprocess_mode="max", **r)
+        self.version_requests = Counter(name("version_requests"), "Requests answered by each model version, by route "
+                                        "(primary, canary, pinned: asked for by version, shadow: mirrored) and "
+                                        "status.", ["model", "version", "route", "status"], **r)
+        self.version_request_duration = Histogram(name("version_request_duration_seconds"),
+                                                  "Time each model version took to answer a request (validation, "
+                                                  "queue, inference), by route.", ["model", "version", "route"],
+                                                  buckets=VERSION_LATENCY_BUCKETS, **r)
+        self.shadow_comparisons = Counter(name("shadow_comparisons"), "Items answered by both the primary and a "
+                                          "shadow candidate, by whether the answers agree (same top label, label "
+                                          "set or translation).", ["model", "primary", "candidate", "agreement"], **r)
+        self.rollout_info = Gauge(name("rollout_info"), "1 for each served version's rollout role (primary, or "
+                                  "candidate with mode canary or shadow).", ["model", "version", "role", "mode"],
+                                  multiprocess_mode="max", **r)
+        self.rollout_share = Gauge(name("rollout_share"), "Share of requests routed (canary) or mirrored (shadow) to "
+                                   "the candidate; 0 without a rollout.", ["model"], multiprocess_mode="max", **r)
         self.gpu_utilization = Gauge(name("gpu_utilization_ratio"), "GPU busy fraction (0-1) over the "
                                      "last NVML sample period.", ["gpu"], multiprocess_mode="mostrecent", **r)
         self.gpu_memory_used = Gauge(name("gpu_memory_used_bytes"), "GPU memory in use.", ["gpu"],
@@ -132,52 +156,60 @@ class ServiceMetrics:
         self.gpu_memory_total = Gauge(name("gpu_memory_total_bytes"), "GPU memory in total.", ["gpu"],
                                       multiprocess_mode="mostrecent", **r)
         # children of the per-request series, looked up once (labels() costs as much as the update)
-        self._request_children: dict[tuple[str, int | str], tuple[Any, Any]] = {}
-        self._in_flight_children: dict[str, Any] = {}
+        self._request_children: dict[tuple[str, int | str, str], tuple[Any, Any]] = {}
+        self._in_flight_children: dict[tuple[str, str], Any] = {}
         self._status: dict[tuple[str, str], tuple[str, str, str]] = {}
+        self._rollouts: dict[str, set[tuple[str, str, str]]] = {}
         self._profiles: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._gpu_thread: threading.Thread | None = None
         self._gpu_tried = False
 
     # --- requests -------------------------------------------------------------------------
-    def observe_request(self, endpoint: str, status: int | str, seconds: float) -> None:
-        """One answered HTTP request."""
-        children = self._request_children.get((endpoint, status))
+    def observe_request(self, endpoint: str, status: int | str, seconds: float, protocol: str = "json") -> None:
+        """One answered request."""
+        key = (endpoint, status, protocol)
+        children = self._request_children.get(key)
         if children is None:
-            labels = (endpoint, str(status))
+            if protocol not in PROTOCOLS:
+                raise ValueError(f"protocol {protocol!r} not in {PROTOCOLS}")
+            labels = (endpoint, str(status), protocol)
             children = self.requests.labels(*labels), self.request_duration.labels(*labels)
-            self._request_children[(endpoint, status)] = children
+            self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
 
-    def request_started(self, endpoint: str) -> None:
+    def request_started(self, endpoint: str, protocol: str = "json") -> None:
         """A request entered the handlers (pair with ``request_finished``)."""
-        self._in_flight(endpoint).inc()
+        self._in_flight(endpoint, protocol).inc()
 
-    def request_finished(self, endpoint: str) -> None:
-        self._in_flight(endpoint).dec()
+    def request_finished(self, endpoint: str, protocol: str = "json") -> None:
+        self._in_flight(endpoint, protocol).dec()
 
-    def _in_flight(self, endpoint: str):
-        child = self._in_flight_children.get(endpoint)
+    def _in_flight(self, endpoint: str, protocol: str):
+        child = self._in_flight_children.get((endpoint, protocol))
         if child is None:
-            child = self._in_flight_children[endpoint] = self.in_flight_requests.labels(endpoint)
+            if protocol not in PROTOCOLS:
+                raise ValueError(f"protocol {protocol!r} not in {PROTOCOLS}")
+            child = self._in_flight_children[(endpoint, protocol)] = self.in_flight_requests.labels(endpoint, protocol)
         return child
 
     @contextmanager
-    def in_flight(self, endpoint: str):
+    def in_flight(self, endpoint: str, protocol: str = "json"):
         """Count a request as in flight while the block runs."""
-        self.request_started(endpoint)
+        self.request_started(endpoint, protocol)
         try:
             yield
         finally:
-            self.request_finished(endpoint)
+            self.request_finished(endpoint, protocol)
 
-    def count_error(self, endpoint: str, model: str, kind: str) -> None:
+    def count_error(self, endpoint: str, model: str, kind: str, protocol: str = "json") -> None:
         """One error of ``kind`` (validation, model_failure, overload, not_found)."""
         if kind not in ERROR_KINDS:
             raise ValueError(f"error kind {kind!r} not in {ERROR_KINDS}")
-        self.errors.labels(endpoint, model, kind).inc()
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol {protocol!r} not in {PROTOCOLS}")
+        self.errors.labels(endpoint, model, kind, protocol).inc()
 
     # --- model calls ----------------------------------------------------------------------
     def observe_batch(self, model: str, version: str, rows: int, timings: Mapping[str, float],
@@ -302,6 +334,34 @@ class ServiceMetrics:
         if manifest is not None:
             self._profile(model, version, manifest)
 
+    # --- versions and rollouts -------------------------------------------------------------
+    def observe_version_request(self, model: str, version: str, route: str, status: int | str, seconds: float) -> None:
+        """One request answered by one version."""
+        self.version_requests.labels(model, version, route, str(status)).inc()
+        self.version_request_duration.labels(model, version, route).observe(seconds)
+
+    def count_shadow(self, model: str, primary: str, candidate: str, agree: int, disagree: int) -> None:
+        if agree:
+            self.shadow_comparisons.labels(model, primary, candidate, "agree").inc(agree)
+        if disagree:
+            self.shadow_comparisons.labels(model, primary, candidate, "disagree").inc(disagree)
+
+    def set_rollout(self, model: str, primary: str | None, candidate: str | None, mode: str | None,
+                    share: float) -> None:
+        """The model's current roles; roles no longer held drop to 0 (multiprocess gauges cannot be removed)."""
+        now = set()
+        if primary:
+            now.add((primary, "primary", "none"))
+        if candidate:
+            now.add((candidate, "candidate", mode or "canary"))
+        with self._lock:
+            for labels in self._rollouts.get(model, set()) - now:
+                self.rollout_info.labels(model, *labels).set(0)
+            self._rollouts[model] = now
+        for labels in now:
+            self.rollout_info.labels(model, *labels).set(1)
+        self.rollout_share.labels(model).set(share if candidate else 0.0)
+
     # --- GPU ------------------------------------------------------------------------------
     def sample_gpu(self) -> bool:
         """Read utilisation and memory of every GPU once; False when NVML or a GPU is missing."""
@@ -362,6 +422,11 @@ METRIC_NAMES = (
     "modelserve_drift_reference_fraction",
     "modelserve_model_info",
     "modelserve_model_load_duration_seconds",
+    "modelserve_version_requests_total",
+    "modelserve_version_request_duration_seconds",
+    "modelserve_shadow_comparisons_total",
+    "modelserve_rollout_info",
+    "modelserve_rollout_share",
     "modelserve_gpu_utilization_ratio",
     "modelserve_gpu_memory_used_bytes",
     "modelserve_gpu_memory_total_bytes",
@@ -380,24 +445,24 @@ def default_metrics() -> ServiceMetrics:
         return _default
 
 
-def observe_request(endpoint: str, status: int | str, seconds: float) -> None:
-    default_metrics().observe_request(endpoint, status, seconds)
+def observe_request(endpoint: str, status: int | str, seconds: float, protocol: str = "json") -> None:
+    default_metrics().observe_request(endpoint, status, seconds, protocol)
 
 
-def in_flight(endpoint: str):
-    return default_metrics().in_flight(endpoint)
+def in_flight(endpoint: str, protocol: str = "json"):
+    return default_metrics().in_flight(endpoint, protocol)
 
 
-def request_started(endpoint: str) -> None:
-    default_metrics().request_started(endpoint)
+def request_started(endpoint: str, protocol: str = "json") -> None:
+    default_metrics().request_started(endpoint, protocol)
 
 
-def request_finished(endpoint: str) -> None:
-    default_metrics().request_finished(endpoint)
+def request_finished(endpoint: str, protocol: str = "json") -> None:
+    default_metrics().request_finished(endpoint, protocol)
 
 
-def count_error(endpoint: str, model: str, kind: str) -> None:
-    default_metrics().count_error(endpoint, model, kind)
+def count_error(endpoint: str, model: str, kind: str, protocol: str = "json") -> None:
+    default_metrics().count_error(endpoint, model, kind, protocol)
 
 
 def observe_batch(model: str, version: str, rows: int, timings: Mapping[str, float],
@@ -429,6 +494,18 @@ def start_gpu_sampler(interval_s: float = 5.0) -> bool:
     return default_metrics().start_gpu_sampler(interval_s)
 
 
+def observe_version_request(model: str, version: str, route: str, status: int | str, seconds: float) -> None:
+    default_metrics().observe_version_request(model, version, route, status, seconds)
+
+
+def count_shadow(model: str, primary: str, candidate: str, agree: int, disagree: int) -> None:
+    default_metrics().count_shadow(model, primary, candidate, agree, disagree)
+
+
+def set_rollout(model: str, primary: str | None, candidate: str | None, mode: str | None, share: float) -> None:
+    default_metrics().set_rollout(model, primary, candidate, mode, share)
+
+
 def exposition() -> tuple[bytes, str]:
     """Every worker's metrics (multiprocess mode) or this process's, in Prometheus text format."""
     default_metrics()
@@ -441,7 +518,7 @@ def exposition() -> tuple[bytes, str]:
 
 
 __all__ = [
-    "ERROR_KINDS", "INPUT_SIZE_KINDS", "METRIC_NAMES", "MODEL_STATUSES", "STAGES", "ServiceMetrics",
+    "ERROR_KINDS", "INPUT_SIZE_KINDS", "METRIC_NAMES", "MODEL_STATUSES", "PROTOCOLS", "STAGES", "ServiceMetrics",
     "count_error", "count_items", "default_metrics", "exposition", "in_flight", "observe_batch", "observe_inputs",
     "observe_predictions", "observe_request", "request_finished", "request_started", "set_model_info",
     "start_gpu_sampler",

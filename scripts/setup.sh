@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-APT_PKGS="dataset-fashion-mnist trans-de-en prometheus wrk hey"
+APT_PKGS="dataset-fashion-mnist trans-de-en prometheus wrk hey nghttp2-client"
 missing=""
 for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 # The topics dataset is read from the package lists (apt-cache dumpavail), so they must be present.

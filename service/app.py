@@ -2,13 +2,17 @@
 
 Each worker loads every registered model (validated manifest, verified checksums,
 onnxruntime sessions, warm-up) in ``__init__``; BentoML starts answering only after
-that, and ``/readyz`` stays 503 unless at least one model is ready. The HTTP API is a
-FastAPI app (service/routes.py) mounted at ``/`` so that errors, status codes and
-batching are under our control; its inference endpoints are also installed as an ASGI
-middleware (service/asgi.py) that skips the layers between BentoML's server and the mount.
-BentoML provides the server, workers, ``/livez``, ``/readyz`` and the OpenAPI page (``/``,
-``/docs.json``); ``/metrics`` is the app's (or BentoML's when SERVICE_BENTOML_METRICS is on).
-Never imports torch.
+that, and ``/readyz`` stays 503 unless at least one model is ready. The worker's state
+(``service.worker.Worker``) is handed to the three doors:
+
+- the task JSON API and the Open Inference Protocol over HTTP, both answered by the
+  ``service.front.Front`` ASGI middleware ahead of BentoML's own layers;
+- the Open Inference Protocol over gRPC (``service.doors.oip_grpc``), a server started on the
+  worker's event loop by the startup hook.
+
+BentoML provides the HTTP server, the workers, ``/livez``, ``/readyz`` and the OpenAPI page
+(``/``, ``/docs.json``, from the FastAPI app in ``service/http_app.py``, which also serves
+``/metrics``). Never imports torch.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import time
 
 import bentoml
 
-from .models import load_all
-from .routes import ServiceState, api, inference_routes, set_state, traffic
+from .doors import oip_grpc
+from .front import Front
+from .http_app import api
 from .settings import ServiceSettings
+from .worker import Worker
 
 log = logging.getLogger("service")
 
@@ -68,7 +74,7 @@ def _settle_garbage_collector(thresholds: tuple[int, int, int]) -> None:
 )
 @bentoml.asgi_app(api, path="/")
 class ModelService:
-    """Serves every model of the registry over HTTP (see GET /models)."""
+    """Serves every model of the registry over HTTP and gRPC (see GET /models)."""
 
     def __init__(self) -> None:
         _configure_logging()
@@ -76,19 +82,39 @@ class ModelService:
         log.info("loading models from %s (provider=%s, variant=%s, %d worker(s), %d intra-op thread(s) each)",
                  SETTINGS.registry.resolve(), SETTINGS.provider, SETTINGS.variant, SETTINGS.workers,
                  SETTINGS.intra_op_threads())
-        models = load_all(SETTINGS, traffic())
-        self.state = ServiceState(SETTINGS, models, traffic())
-        set_state(self.state)
+        self.worker = Worker.start(SETTINGS)
+        self.grpc_server = None
         _settle_garbage_collector(SETTINGS.gc_thresholds)
-        ready = [n for n, m in models.items() if m.status == "ready"]
-        failed = {n: m.reason for n, m in models.items() if m.status != "ready"}
+        models = self.worker.models
+        ready = [n for n, e in models.items() if e.ready]
+        failed = {n: e.current.reason for n, e in models.items() if not e.ready and e.current is not None}
         log.info("ready in %.2f s: %d model(s) serving %s; %d failed %s", time.perf_counter() - t0, len(ready), ready,
                  len(failed), failed or "")
 
+    @bentoml.on_startup
+    async def start_background(self) -> None:
+        """On the worker's event loop: the gRPC door and the registry watch."""
+        if SETTINGS.grpc:
+            self.grpc_server = await oip_grpc.start_server(self.worker, SETTINGS.grpc_host, SETTINGS.grpc_port)
+        self.worker.lifecycle.start()
+
+    @bentoml.on_shutdown
+    async def stop_background(self) -> None:
+        await self.worker.lifecycle.stop()
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace=5)
+
     def __is_ready__(self) -> bool:
-        return self.state.ready
+        return self.worker.ready
 
 
-# outermost of our layers: the inference endpoints skip BentoML's request context and the mount
-_fast_path, _fast_path_options = inference_routes()
-ModelService.add_asgi_middleware(_fast_path, **_fast_path_options)
+def current_worker() -> Worker | None:
+    """This process's worker, once BentoML has created the service instance."""
+    try:
+        return bentoml.get_current_service().worker
+    except Exception:  # not instantiated yet (models still loading)
+        return None
+
+
+# outermost of our layers: every door's HTTP routes skip BentoML's request context and the mount
+ModelService.add_asgi_middleware(Front, worker_of=current_worker)

@@ -1,82 +1,78 @@
-"""Client-facing errors: one JSON shape naming the field and the limit, logged as one line."""
+"""Errors every door shares: status, field, limit and kind; each door renders them its own way.
+
+The JSON API answers ``{"error": {status, field, limit, message, ...}}``, the OIP REST door
+``{"error": message}`` with the same HTTP status, the gRPC door the status code below. Every
+door logs a client error as one line, without a traceback.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from fastapi import Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from modelkit.runtimes import InputError
-
 log = logging.getLogger("service.requests")
 
+# error kinds counted by modelserve_errors_total (monitoring.metrics.ERROR_KINDS)
+VALIDATION, MODEL_FAILURE, OVERLOAD, NOT_FOUND = "validation", "model_failure", "overload", "not_found"
 
-class ApiError(Exception):
-    """An error answered as ``{"error": {"status", "field", "limit", "message", ...}}``."""
+# HTTP status -> gRPC status code name (grpc.StatusCode member)
+GRPC_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    413: "RESOURCE_EXHAUSTED",  # what gRPC itself answers for a message over its size limit
+    415: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
 
-    def __init__(self, status: int, message: str, *, field: str | None = None, limit: Any = None, **extra: Any):
+
+def _default_kind(status: int) -> str:
+    if status == 404:
+        return NOT_FOUND
+    if status >= 500:
+        return MODEL_FAILURE
+    return VALIDATION
+
+
+class ServiceError(Exception):
+    """A request that cannot be answered: HTTP-style ``status``, the ``field`` at fault and the
+    ``limit`` it broke; ``extra`` adds fields to the JSON API's error body."""
+
+    def __init__(self, status: int, message: str, *, field: str | None = None, limit: Any = None,
+                 kind: str | None = None, **extra: Any):
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
-        self.limit = limit
+        self.limit = jsonable(limit)
+        self.kind = kind or _default_kind(status)
         self.extra = extra
 
     def body(self) -> dict:
+        """The JSON API's error body."""
         err = {"status": self.status, "field": self.field, "limit": self.limit, "message": self.message}
         err.update(self.extra)
         return {"error": err}
 
-    @classmethod
-    def from_input_error(cls, exc: InputError, *, prefix: str = "") -> "ApiError":
-        field = f"{prefix}.{exc.field}" if prefix and exc.field else (exc.field or prefix or None)
-        return cls(exc.status, str(exc), field=field, limit=_jsonable(exc.limit))
+    @property
+    def grpc_code(self) -> str:
+        return GRPC_CODES.get(self.status, "INVALID_ARGUMENT" if self.status < 500 else "INTERNAL")
+
+    def log(self, method: str, target: str) -> None:
+        # 4xx are the client's doing: one line, no traceback. 5xx keep their traceback at the raise site.
+        level = logging.WARNING if self.status < 500 else logging.ERROR
+        log.log(level, "%s %s -> %d field=%s limit=%s: %s", method, target, self.status, self.field, self.limit,
+                self.message)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (int, float, str, bool)):
         return value
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return str(value)
-
-
-def _log_one_line(request: Request, err: ApiError) -> None:
-    # 4xx are the client's doing: one line, no traceback. 5xx keep their traceback at the raise site.
-    level = logging.WARNING if err.status < 500 else logging.ERROR
-    log.log(level, "%s %s -> %d field=%s limit=%s: %s", request.method, request.url.path, err.status,
-            err.field, err.limit, err.message)
-
-
-def error_response(request: Request, err: ApiError) -> JSONResponse:
-    _log_one_line(request, err)
-    return JSONResponse(err.body(), status_code=err.status)
-
-
-async def api_error_handler(request: Request, exc: ApiError) -> JSONResponse:
-    return error_response(request, exc)
-
-
-async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """Pydantic body errors -> 422 naming the first bad field and its limit."""
-    errors = exc.errors()
-    first = errors[0] if errors else {}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    field = ".".join(loc) or "body"
-    ctx = first.get("ctx") or {}
-    limit = next((ctx[k] for k in ("le", "ge", "lt", "gt", "max_length", "min_length", "expected") if k in ctx), None)
-    status = 422
-    if first.get("type") == "json_invalid":
-        field = "body"
-    err = ApiError(status, first.get("msg", "invalid request"), field=field, limit=_jsonable(limit),
-                   errors=[{"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "message": e.get("msg")}
-                           for e in errors[:10]])
-    return error_response(request, err)
-
-
-async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return error_response(request, ApiError(exc.status_code, str(exc.detail), field=None))

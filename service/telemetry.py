@@ -13,9 +13,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("service.telemetry")
 
-# runtime feature that carries an input size -> metrics size kind
-# (text classifier: token_count; translator: source_tokens, generated_tokens)
-_SIZE_FEATURES = {"token_count": "tokens", "source_tokens": "tokens", "generated_tokens": "generated_tokens"}
 _warned: set[str] = set()
 
 
@@ -34,51 +31,51 @@ def record_model(model: "ServedModel") -> None:
            provider, model.status, model.load_seconds, model.manifest if model.status == "ready" else None)
 
 
-def request_started(endpoint: str) -> None:
-    _guard("request_started", metrics.request_started, endpoint)
+def request_started(protocol: str, endpoint: str) -> None:
+    _guard("request_started", metrics.request_started, endpoint, protocol)
 
 
-def request_finished(endpoint: str) -> None:
-    _guard("request_finished", metrics.request_finished, endpoint)
+def request_finished(protocol: str, endpoint: str) -> None:
+    _guard("request_finished", metrics.request_finished, endpoint, protocol)
 
 
-def record_request(endpoint: str, status: int, seconds: float) -> None:
-    _guard("observe_request", metrics.observe_request, endpoint, status, seconds)
+def record_request(protocol: str, endpoint: str, status: int | str, seconds: float) -> None:
+    _guard("observe_request", metrics.observe_request, endpoint, status, seconds, protocol)
 
 
-def count_error(endpoint: str, model: str, kind: str) -> None:
-    _guard("count_error", metrics.count_error, endpoint, model or "none", kind)
-
-
-def record_inputs(model: "ServedModel", sizes: Mapping[str, Sequence[float]]) -> None:
-    _guard("observe_inputs", metrics.observe_inputs, model.name, model.version, sizes)
+def count_error(protocol: str, endpoint: str, model: str | None, kind: str) -> None:
+    _guard("count_error", metrics.count_error, endpoint, model or "none", kind, protocol)
 
 
 def record_batch(model: "ServedModel", rows: int, timings: Mapping[str, float], queue_waits: Sequence[float],
                  results: Sequence[Mapping[str, Any]]) -> None:
-    """Stage timings, rows, predicted classes, confidences and drift bins of one model call."""
-    name, version = model.name, model.version
+    """Stage timings, rows, input sizes, predicted classes, confidences and drift bins of one model call."""
+    name, version, spec = model.name, model.version, model.spec
     _guard("observe_batch", metrics.observe_batch, name, version, rows,
            {k: v for k, v in timings.items() if k in metrics.STAGES}, list(queue_waits))
     _guard("count_items", metrics.count_items, name, version, rows)
     features = [r.get("features") or {} for r in results]
-    sizes: dict[str, list] = {}
-    for key, kind in _SIZE_FEATURES.items():
-        values = [f[key] for f in features if key in f]
-        if values:
-            sizes.setdefault(kind, []).extend(values)
-    if sizes:
-        _guard("observe_inputs", metrics.observe_inputs, name, version, sizes)
-    labels_per_item = None
-    confidences = None
-    if model.task != "translation":
-        labels_per_item, confidences = [], []
-        single = model.task != "multi-label-classification"
-        for r, f in zip(results, features):
-            labels = r.get("labels") or []
-            labels_per_item.append([lab["label"] for lab in (labels[:1] if single else labels)])
-            top = f.get("top_confidence", labels[0]["score"] if labels else None)
-            if top is not None:
-                confidences.append(float(top))
+    sizes = {kind: [f[key] for f in features if key in f] for key, kind in spec.size_features.items()}
+    if any(sizes.values()):
+        _guard("observe_inputs", metrics.observe_inputs, name, version, {k: v for k, v in sizes.items() if v})
+    labels_per_item = [spec.predicted_labels(r) for r in results]
+    if all(labels is None for labels in labels_per_item):
+        labels_per_item, confidences = None, None
+    else:
+        confidences = [float(f["top_confidence"]) for f in features if f.get("top_confidence") is not None]
     _guard("observe_predictions", metrics.observe_predictions, name, version, model.manifest, features,
            labels_per_item, confidences)
+
+
+def record_version_request(model: "ServedModel", route: str, status: int, seconds: float) -> None:
+    """One request answered by one model version (route: primary, canary, pinned or shadow)."""
+    _guard("observe_version_request", metrics.observe_version_request, model.name, model.version, route, status,
+           seconds)
+
+
+def record_shadow(primary: "ServedModel", candidate: "ServedModel", agree: int, disagree: int) -> None:
+    _guard("count_shadow", metrics.count_shadow, primary.name, primary.version, candidate.version, agree, disagree)
+
+
+def record_rollout(name: str, primary: str | None, candidate: str | None, mode: str | None, share: float) -> None:
+    _guard("set_rollout", metrics.set_rollout, name, primary, candidate, mode, share)

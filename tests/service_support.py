@@ -28,12 +28,17 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A running ``bentoml serve service.app:ModelService``; ``log()`` returns its output so far."""
+    """A running ``bentoml serve service.app:ModelService``; ``log()`` returns its output so far.
 
-    def __init__(self, proc: subprocess.Popen, url: str, log_path: Path):
+    ``url`` is the HTTP base URL, ``grpc_address`` the ``host:port`` of its gRPC door.
+    """
+
+    def __init__(self, proc: subprocess.Popen, url: str, log_path: Path, grpc_address: str):
         self.proc = proc
         self.url = url
         self.log_path = log_path
+        self.grpc_address = grpc_address
+        self.http_address = url.removeprefix("http://")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -46,7 +51,7 @@ class ServerProcess:
 def serve(registry: Path, workdir: Path, *, env: dict[str, str] | None = None, ready_timeout: float = 120.0,
           wait_path: str = "/readyz"):
     """Start the service against ``registry``; wait for ``wait_path`` to answer 200; stop it (process group) after."""
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "serve.log"
     full_env = {
@@ -55,6 +60,10 @@ def serve(registry: Path, workdir: Path, *, env: dict[str, str] | None = None, r
         "BENTOML_HOME": str(workdir / "bentoml_home"),
         "BENTOML_DO_NOT_TRACK": "True",
         "PYTHONUNBUFFERED": "1",
+        # a port of its own: workers share the gRPC port with SO_REUSEPORT, so two test servers on
+        # one port would silently split each other's calls
+        "SERVICE_GRPC_HOST": "127.0.0.1",
+        "SERVICE_GRPC_PORT": str(grpc_port),
         **(env or {}),
     }
     with open(log_path, "wb") as log_file:
@@ -62,7 +71,7 @@ def serve(registry: Path, workdir: Path, *, env: dict[str, str] | None = None, r
             [str(BENTOML), "serve", "service.app:ModelService", "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
+    server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path, f"127.0.0.1:{full_env['SERVICE_GRPC_PORT']}")
     try:
         wait_until_ready(f"{server.url}{wait_path}", proc, timeout=ready_timeout, name="bentoml serve", log=server.log)
         yield server

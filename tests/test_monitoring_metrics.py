@@ -57,20 +57,29 @@ def test_request_batch_and_error_metrics_have_the_recorded_values():
     for s in (0.02, 0.2, 3.0):
         m.observe_request("classify", 200, s)
     m.observe_request("classify", 422, 0.001)
+    m.observe_request("ModelInfer", 200, 0.01, protocol="oip-grpc")
     m.count_error("classify", "demo", "validation")
+    m.count_error("/v2/models/{name}/infer", "demo", "validation", protocol="oip-rest")
     with m.in_flight("classify"):
-        assert reg.get_sample_value("modelserve_requests_in_flight", {"endpoint": "classify"}) == 1
-    assert reg.get_sample_value("modelserve_requests_in_flight", {"endpoint": "classify"}) == 0
+        assert reg.get_sample_value("modelserve_requests_in_flight", {"endpoint": "classify", "protocol": "json"}) == 1
+    assert reg.get_sample_value("modelserve_requests_in_flight", {"endpoint": "classify", "protocol": "json"}) == 0
+    with pytest.raises(ValueError):
+        m.observe_request("classify", 200, 0.1, protocol="soap")
     m.observe_batch("demo", "v1", 5, {"preprocess": 0.001, "inference": 0.01, "postprocess": 0.0002},
                     queue_wait_seconds=[0.003, 0.004])
     m.count_items("demo", "v1", 5)
     m.observe_inputs("demo", "v1", {"tokens": [3, 7, 12, 30, 2]})
 
     get = reg.get_sample_value
-    assert get("modelserve_requests_total", {"endpoint": "classify", "status": "200"}) == 3
-    assert get("modelserve_request_duration_seconds_count", {"endpoint": "classify", "status": "200"}) == 3
-    assert get("modelserve_request_duration_seconds_bucket", {"endpoint": "classify", "status": "200", "le": "0.25"}) == 2
-    assert get("modelserve_errors_total", {"endpoint": "classify", "model": "demo", "kind": "validation"}) == 1
+    json_200 = {"endpoint": "classify", "status": "200", "protocol": "json"}
+    assert get("modelserve_requests_total", json_200) == 3
+    assert get("modelserve_request_duration_seconds_count", json_200) == 3
+    assert get("modelserve_request_duration_seconds_bucket", {**json_200, "le": "0.25"}) == 2
+    assert get("modelserve_requests_total", {"endpoint": "ModelInfer", "status": "200", "protocol": "oip-grpc"}) == 1
+    assert get("modelserve_errors_total", {"endpoint": "classify", "model": "demo", "kind": "validation",
+                                           "protocol": "json"}) == 1
+    assert get("modelserve_errors_total", {"endpoint": "/v2/models/{name}/infer", "model": "demo",
+                                           "kind": "validation", "protocol": "oip-rest"}) == 1
     assert get("modelserve_batch_size_rows_sum", {"model": "demo", "version": "v1"}) == 5
     assert get("modelserve_stage_duration_seconds_count",
                {"model": "demo", "version": "v1", "stage": "queue_wait"}) == 2
@@ -201,8 +210,8 @@ def test_multiprocess_workers_sum_and_gauges_have_no_pid(tmp_path):
     def value(name, **labels):
         return samples[(name, tuple(sorted(labels.items())))]
 
-    assert value("modelserve_requests_total", endpoint="classify", status="200") == 75
-    assert value("modelserve_request_duration_seconds_count", endpoint="classify", status="200") == 75
+    assert value("modelserve_requests_total", endpoint="classify", status="200", protocol="json") == 75
+    assert value("modelserve_request_duration_seconds_count", endpoint="classify", status="200", protocol="json") == 75
     assert value("modelserve_drift_bin_total", model="demo", version="v1", feature="token_count", bin="01") == 75
     assert value("modelserve_drift_bin_total", model="demo", version="v1", feature="predicted_class", bin="pos") == 75
     assert value("modelserve_drift_reference_fraction", model="demo", version="v1", feature="token_count",
@@ -210,7 +219,7 @@ def test_multiprocess_workers_sum_and_gauges_have_no_pid(tmp_path):
     assert value("modelserve_model_load_duration_seconds", model="demo", version="v1") == 2.0  # max over workers
     assert value("modelserve_model_info", model="demo", version="v1", task="text-classification",
                  provider="CPUExecutionProvider", status="ready") == 1
-    assert value("modelserve_requests_in_flight", endpoint="classify") == 0
+    assert value("modelserve_requests_in_flight", endpoint="classify", protocol="json") == 0
 
 
 def test_a_feature_constant_on_held_out_data_still_detects_drift():

@@ -113,6 +113,10 @@ def test_openapi_has_endpoints_with_examples(client):
         assert path in spec["paths"], sorted(spec["paths"])
     body = json.dumps(spec)
     assert "what a lovely day" in body and "Das Haus ist klein." in body
+    # every model an example names is one the service serves (a schema-driven client must not get 404)
+    served = {m["name"] for m in client.get("/models").json()["models"]}
+    named = set(re.findall(r'"model": "([^"]+)"', body))
+    assert named and named <= served, named - served
 
 
 # ---- happy paths ----------------------------------------------------------------------------
@@ -134,22 +138,44 @@ def test_classify_single_label_top_k(client, tasks, registry):
     assert len(default["results"][0]["labels"]) == 1
 
 
-def test_classify_multi_label_returns_labels_above_threshold(client, tasks):
+def _offline_runtime(registry: Path, name: str):
+    """The model's runtime loaded in the test process: what the service should answer."""
+    from modelkit.onnx_session import SessionSettings
+    from modelkit.registry import load_version
+    from modelkit.runtimes import create_runtime
+
+    manifest, vdir = load_version(registry, name)
+    runtime = create_runtime(manifest, vdir, SessionSettings(provider="cpu"))
+    runtime.load()
+    return runtime
+
+
+def test_classify_multi_label_returns_labels_above_threshold(client, tasks, registry):
     name = tasks["multi-label-classification"]
-    resp = client.post("/classify", json={"model": name, "texts": ["a library to parse XML files in C"]})
+    texts = ["a library to parse XML files in C", "GTK theme for the desktop", "command line tool"]
+    resp = client.post("/classify", json={"model": name, "texts": texts})
     assert resp.status_code == 200, resp.text
-    models = {m["name"]: m for m in client.get("/models").json()["models"]}
-    for lab in resp.json()["results"][0]["labels"]:
-        assert lab["label"] in models[name]["labels"] and 0.0 <= lab["score"] <= 1.0
+    runtime = _offline_runtime(registry, name)
+    thresholds = runtime.thresholds
+    for text, result in zip(texts, resp.json()["results"]):
+        scores = runtime.predict([text])[0]["scores"]
+        expected = [lab for i, lab in enumerate(runtime.labels) if scores[lab] >= thresholds[i]]
+        got = [lab["label"] for lab in result["labels"]]
+        assert sorted(got) == sorted(expected)  # exactly the labels at or above their own threshold
+        assert [lab["score"] for lab in result["labels"]] == sorted((scores[g] for g in got), reverse=True)
+        for lab in result["labels"]:
+            assert abs(lab["score"] - scores[lab["label"]]) < 1e-6
 
 
-def test_translate(client, tasks):
+def test_translate(client, tasks, registry):
     name = tasks["translation"]
-    resp = client.post("/translate", json={"model": name, "texts": ["Das Haus ist klein.", "Guten Morgen."],
-                                           "num_beams": 2, "max_new_tokens": 8})
+    texts = ["Das Haus ist klein.", "Guten Morgen."]
+    resp = client.post("/translate", json={"model": name, "texts": texts, "num_beams": 2, "max_new_tokens": 8})
     assert resp.status_code == 200, resp.text
-    results = resp.json()["results"]
-    assert len(results) == 2 and all(isinstance(r["translation"], str) for r in results)
+    got = [r["translation"] for r in resp.json()["results"]]
+    runtime = _offline_runtime(registry, name)
+    expected = [r["translation"] for r in runtime.predict(texts, num_beams=2, max_new_tokens=8)]
+    assert got == expected and all(t.strip() for t in got), got
 
 
 def test_classify_image_multipart_and_base64_agree(client, tasks):
@@ -171,11 +197,26 @@ def test_metrics_record_requests_batches_errors_and_drift(client, tasks):
     client.post("/classify", json={"model": "no-such-model", "texts": ["fine"]})
     text = client.get("/metrics").text
     name = tasks["text-classification"]
-    assert re.search(r'modelserve_requests_total\{endpoint="/classify",status="200"\} [1-9]', text)
+    assert re.search(r'modelserve_requests_total\{endpoint="/classify",protocol="json",status="200"\} [1-9]', text)
     assert re.search(rf'modelserve_batch_size_rows_count\{{model="{name}",version="[^"]+"\}} [1-9]', text)
     assert re.search(rf'modelserve_drift_bin_total\{{bin="[^"]+",feature="token_count",model="{name}"', text)
     assert re.search(r'modelserve_model_info\{[^}]*model="broken-checksum"[^}]*status="failed"[^}]*\} 1', text)
-    assert re.search(r'modelserve_errors_total\{endpoint="/classify",kind="not_found",model="no-such-model"\} [1-9]', text)
+    image = tasks["image-classification"]
+
+    def pixels_seen() -> tuple[float, float]:
+        text = client.get("/metrics").text
+        found = [re.search(rf'modelserve_input_size_{part}\{{kind="pixels",model="{image}",version="[^"]+"\}} (\S+)', text)
+                 for part in ("count", "sum")]
+        return tuple(float(f.group(1)) if f else 0.0 for f in found)
+
+    before = pixels_seen()
+    assert client.post("/classify_image", json={"model": image, "images": [base64.b64encode(_png(size=40)).decode()]}
+                       ).status_code == 200
+    after = pixels_seen()
+    # the pixels the image arrived with (40 x 40), whatever size the model resizes it to
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1600)
+    assert re.search(r'modelserve_errors_total\{endpoint="/classify",kind="not_found",model="no-such-model",'
+                     r'protocol="json"\} [1-9]', text)
 
 
 # ---- bad input ------------------------------------------------------------------------------

@@ -60,6 +60,13 @@ def test_service_bench_measures_raw_and_service_with_zero_errors(smoke_models, t
         assert 0 < client_cpu < 5, cells  # the generator's own CPU per request, in ms
     multi = re.findall(r"^\| (\S+) \| ([\d,]+) \| ([\d.]+)x \|", text, flags=re.M)
     assert {m[0] for m in multi} == set(models)
+    doors = {(c[0], c[1]): c for c in (line.strip().strip("|").split("|") for line in text.splitlines())
+             if len(c) == 13 and c[1].strip() in ("json", "oip-rest", "oip-grpc")}
+    doors = {(k[0].strip(), k[1].strip()): [x.strip() for x in v] for k, v in doors.items()}
+    assert set(doors) == {(m, d) for m in models for d in ("json", "oip-rest", "oip-grpc")}
+    for cells in doors.values():
+        assert float(cells[4].replace(",", "")) > 0 and cells[9] == "0", cells  # items/s, errors
+        assert float(cells[10]) > 0  # server CPU per item
 
 
 def test_wrk_counts_non_200_answers_as_errors(smoke_models, tmp_path):  # noqa: F811
@@ -72,3 +79,42 @@ def test_wrk_counts_non_200_answers_as_errors(smoke_models, tmp_path):  # noqa: 
     with serve(smoke_models, tmp_path) as server:
         load = bench.wrk(f"{server.url}/classify", body, 50, 4, 60)
     assert load.errors == 50 and load.ok == 0
+
+
+def test_grpc_errors_inside_http_200_are_counted(smoke_models, tmp_path):  # noqa: F811
+    """h2load sees HTTP 200 for a gRPC NOT_FOUND; the server's own count makes it an error."""
+    bench = _bench()
+    name = names_by_task(smoke_models)["text-classification"]
+    server = bench.Server(smoke_models, {}, tmp_path)
+    try:
+        server.wait_ready()
+        req = bench.door_request("oip-grpc", server, "no-such-model", "text-classification", "hello", {}, "wrk")
+        body = tmp_path / "grpc.body"
+        body.write_bytes(req.body)
+        load = bench.counted(server, req, body, 40, 4, 60)
+        assert load.errors == 40 and load.ok == 0
+        good = bench.door_request("oip-grpc", server, name, "text-classification", "hello", {}, "wrk")
+        body.write_bytes(good.body)
+        load = bench.counted(server, good, body, 40, 4, 60)
+        assert load.errors == 0 and load.ok == 40
+    finally:
+        server.stop()
+
+
+def test_oip_clients_bench_drives_both_doors_through_tritonclient(smoke_models, tmp_path):  # noqa: F811
+    spec = importlib.util.spec_from_file_location("oip_clients_bench", ROOT / "benchmarks" / "oip_clients_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    by_task = names_by_task(smoke_models)
+    models = [by_task["text-classification"], by_task["image-classification"]]
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n")
+    assert module.main(["--registry", str(smoke_models), "--models", ",".join(models), "--clients", "1,4",
+                        "--requests", "40", "--results", str(results)]) == 0
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in results.read_text().splitlines()
+            if line.startswith("| ") and "oip-" in line]
+    assert {(r[0], r[1], r[2]) for r in rows} == {(m, d, c) for m in models for d in ("oip-rest", "oip-grpc")
+                                                  for c in ("1", "4")}
+    for r in rows:
+        assert r[7] == "0" and float(r[4].replace(",", "")) > 0, r  # no errors, a rate

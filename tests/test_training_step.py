@@ -75,7 +75,11 @@ def test_export_parity_both_exporters_and_int8(tiny_text_data, tmp_path):
     assert set(result.exporters.latency_ms) == {"legacy", "dynamo"}
     fp32, int8 = result.parity
     assert fp32.passed and fp32.max_abs_diff <= 1e-4 and fp32.n_inputs == len(splits.test)
-    assert int8.variant == "int8" and int8.top1_agreement is not None
+    assert int8.variant == "int8" and int8.top1_agreement >= 0.9, int8  # the tiny task's int8 graph mostly agrees
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(staging / "model.int8.onnx").graph.node}
+    assert ops & {"DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul"}, ops  # really quantized
     assert sorted(p.name for p in staging.iterdir()) == ["model.int8.onnx", "model.onnx"]  # one file per graph
     spec = result.graphs[0]
     assert spec.opset >= 17 and [i.name for i in spec.inputs] == ["input_ids", "attention_mask"]

@@ -107,12 +107,15 @@ def run_model(
     data_dir: Path,
     preset: str,
     command: str,
+    promote: bool = True,
     ctx: DistContext = SINGLE,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
 ) -> ModelResult | None:
     """Train, export, evaluate, gate and publish one model; returns its summary.
 
+    ``promote=False`` publishes a version that passed its gate without moving LATEST (a candidate to
+    roll out first: ``python -m training promote`` moves LATEST later).
     Under torchrun rank 0 prepares the data and sends it to the other ranks, every rank trains,
     and rank 0 alone runs the baselines, exports, evaluates and publishes; the other ranks
     return None.
@@ -213,7 +216,7 @@ def run_model(
         plot_files = sorted(p.relative_to(staging).as_posix() for p in (staging / "plots").glob("*.png"))
         manifest.training.duration_s = round(time.perf_counter() - t0, 1)
         write_model_card(staging / "MODEL_CARD.md", manifest, family.card_notes(cfg, splits), plot_files)
-        final = registry.publish(registry_root, staging, manifest, servable=manifest.gate.passed)
+        final = registry.publish(registry_root, staging, manifest, servable=manifest.gate.passed and promote)
     except BaseException:
         if staging is not None:
             registry.discard(staging)

@@ -4,16 +4,24 @@ The service knows nothing else about a model (MLServer-style). Runtimes are torc
 they use onnxruntime, numpy and the family's own pre/post-processing in ``modelkit``.
 Training evaluates exported graphs through the same runtimes, so serving and
 evaluation cannot disagree.
+
+The base class owns what every runtime shares (KServe's ``Model`` does the same): the
+empty batch and the timing of the three stages. A runtime implements ``preprocess``,
+``infer`` and ``postprocess``; request options and their bounds belong to the service's
+task specs (``service/tasks``), so a runtime trusts the options it is given.
 """
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..manifest import Manifest, Task
 from ..onnx_session import SessionSettings
+
+STAGES = ("preprocess", "inference", "postprocess")
 
 
 class InputError(ValueError):
@@ -45,19 +53,41 @@ class Runtime(ABC):
 
     @abstractmethod
     def validate(self, item: Any) -> Any:
-        """Check and preprocess one item before it joins a batch; raise InputError if bad."""
+        """Check (and, where cheap per item, preprocess) one item before it joins a batch;
+        raise InputError naming the field and the limit if it is bad."""
+
+    def predict(self, items: list[Any], **options: Any) -> list[dict]:
+        """Run a batch of items; one result dict per item, in order.
+
+        Each result holds the task's answer plus ``"features"``: a dict whose keys include
+        the manifest's ``reference_profile.features`` names (token count, unknown-token
+        rate, predicted class, top confidence, ...) with this item's live value, for drift
+        monitoring and input-size metrics. The service strips ``features`` before answering.
+        After each call ``self.last_timings`` holds the seconds spent in each of ``STAGES``.
+        """
+        if not items:
+            self.last_timings = dict.fromkeys(STAGES, 0.0)
+            return []
+        t0 = time.perf_counter()
+        batch = self.preprocess(items, **options)
+        t1 = time.perf_counter()
+        outputs = self.infer(batch)
+        t2 = time.perf_counter()
+        results = self.postprocess(batch, outputs)
+        self.last_timings = {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": time.perf_counter() - t2}
+        return results
 
     @abstractmethod
-    def predict(self, items: list[Any], **options: Any) -> list[dict]:
-        """Run a batch of validated items; one result dict per item, in order.
+    def preprocess(self, items: list[Any], **options: Any) -> Any:
+        """Validated (or raw) items and options -> whatever ``infer`` and ``postprocess`` need."""
 
-        Each result holds the task's answer plus ``"features"``: a dict whose keys are
-        the manifest's ``reference_profile.features`` names (token count, unknown-token
-        rate, predicted class, top confidence, ...) with this item's live value, for
-        drift monitoring. The service strips ``features`` before answering. After each
-        call ``self.last_timings`` holds seconds spent in "preprocess", "inference" and
-        "postprocess" for the whole batch.
-        """
+    @abstractmethod
+    def infer(self, batch: Any) -> Any:
+        """The graph call(s) on a preprocessed batch."""
+
+    @abstractmethod
+    def postprocess(self, batch: Any, outputs: Any) -> list[dict]:
+        """Graph outputs -> one result dict per item (see ``predict``)."""
 
     def warmup(self) -> None:
         """Run one tiny batch so the first real request pays no lazy-init cost."""

@@ -1,8 +1,8 @@
-"""Image classification runtime: image bytes (or a decoded array) -> top-k labels. Torch-free."""
+"""Image classification runtime: image bytes (or a decoded array) -> ranked labels. Torch-free."""
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,8 +15,20 @@ from .base import InputError, Runtime
 DEFAULT_TOP_K = 5
 
 
+@dataclass(frozen=True)
+class ImageInput:
+    """A validated image: uint8 pixels at the model's size, and the pixel count it arrived with."""
+
+    pixels: np.ndarray
+    source_pixels: int
+
+
 class ImageClassifierRuntime(Runtime):
-    """Serves one ``image-classification`` model version (fp32 or int8 graph)."""
+    """Serves one ``image-classification`` model version (fp32 or int8 graph).
+
+    Each result is ``{"labels": [{"label", "score"}, ...], "scores": {label: probability},
+    "features": {...}}``; ``features["pixels"]`` is the image's size as sent (width x height).
+    """
 
     task = "image-classification"
 
@@ -34,64 +46,56 @@ class ImageClassifierRuntime(Runtime):
         self.output_name = self.graph_spec.outputs[0].name
         self.labels = list(self.manifest.labels)
 
-    def validate(self, item: Any) -> np.ndarray:
+    def validate(self, item: Any) -> ImageInput:
         """Image bytes or a decoded uint8 array -> uint8 pixels at the model's size.
 
         Raises InputError(field="image"): 413 too many bytes/pixels, 415 not an image,
         422 empty, corrupt or wrong array shape/dtype.
         """
+        if isinstance(item, ImageInput):
+            return item
         if isinstance(item, (bytes, bytearray, memoryview)):
-            return image.decode_to_uint8(item, self.prep)
+            img = image.decode_image(item, self.prep)
+            return ImageInput(image.resize_uint8(img, self.prep.image_size), img.size[0] * img.size[1])
         if isinstance(item, np.ndarray):
-            return image.array_to_uint8(item, self.prep)
+            return ImageInput(image.array_to_uint8(item, self.prep), int(item.shape[0] * item.shape[1]))
         raise InputError(
             f"image must be image file bytes or a uint8 array, got {type(item).__name__}", field="image", status=422
         )
 
-    def predict(self, items: list[np.ndarray], top_k: int | None = None, **options: Any) -> list[dict]:
-        """Top-k labels with softmax scores, plus drift features, per validated item."""
-        if not items:
-            self.last_timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
-            return []
-        k = self._top_k(top_k)
-        t0 = time.perf_counter()
-        pixels = image.to_model_pixels(np.stack(items), self.prep)
+    def preprocess(self, items: list[Any], top_k: int | None = None, **options: Any):
+        inputs = [self.validate(it) for it in items]
+        pixels = image.to_model_pixels(np.stack([i.pixels for i in inputs]), self.prep)
         mean_intensity, contrast = image.image_features(pixels)
-        x = image.normalize(pixels, self.prep)
-        t1 = time.perf_counter()
-        (logits,) = self.session.run([self.output_name], {self.input_name: x})
-        t2 = time.perf_counter()
+        n = len(self.labels)
+        k = min(DEFAULT_TOP_K, n) if top_k is None else max(1, min(int(top_k), n))
+        sizes = [float(i.source_pixels) for i in inputs]
+        return image.normalize(pixels, self.prep), k, sizes, mean_intensity.tolist(), contrast.tolist()
+
+    def infer(self, batch) -> np.ndarray:
+        (logits,) = self.session.run([self.output_name], {self.input_name: batch[0]})
+        return logits
+
+    def postprocess(self, batch, logits: np.ndarray) -> list[dict]:
+        _, k, sizes, means, contrasts = batch
         probs = softmax(logits.astype(np.float64))
         ranks = ranked(probs, self.labels, k)
-        results = [
+        return [
             {
                 "labels": labels,
+                "scores": dict(zip(self.labels, values)),
                 "features": {
                     "mean_intensity": mean,
                     "contrast": spread,
                     "predicted_class": labels[0]["label"],
                     "top_confidence": labels[0]["score"],
+                    "pixels": size,
                 },
             }
-            for labels, mean, spread in zip(ranks, mean_intensity.tolist(), contrast.tolist())
+            for labels, values, mean, spread, size in zip(ranks, probs.tolist(), means, contrasts, sizes)
         ]
-        t3 = time.perf_counter()
-        self.last_timings = {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2}
-        return results
 
     def warmup(self) -> None:
         s = self.prep.image_size
         shape = (s, s) if self.prep.channels == 1 else (s, s, self.prep.channels)
         self.predict([np.zeros(shape, dtype=np.uint8)])
-
-    def _top_k(self, top_k: int | None) -> int:
-        if top_k is None:
-            return min(DEFAULT_TOP_K, len(self.labels))
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(self.labels):
-            raise InputError(
-                f"top_k must be an integer from 1 to {len(self.labels)}, got {top_k!r}",
-                field="top_k",
-                limit=len(self.labels),
-                status=422,
-            )
-        return top_k

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -18,8 +17,7 @@ class TextClassifierRuntime(Runtime):
     """``text-classification`` and ``multi-label-classification`` over one ``model`` graph.
 
     Items are strings (or ``{"text": ...}``). Each result is
-    ``{"labels": [{"label", "score"}, ...], "features": {...}}``; multi-label results also
-    carry ``"scores"`` (every label's probability).
+    ``{"labels": [{"label", "score"}, ...], "scores": {label: probability}, "features": {...}}``.
     """
 
     task = "text-classification"
@@ -72,39 +70,34 @@ class TextClassifierRuntime(Runtime):
         feeds = {"input_ids": ids, "attention_mask": mask}
         return self.session.run([self.output_name], {n: feeds[n] for n in self.input_names})[0]
 
-    def predict(self, items: list[Any], *, top_k: int | None = None, **options: Any) -> list[dict]:
-        if not items:
-            self.last_timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
-            return []
-        t0 = time.perf_counter()
-        encoded = self._encode(items)
-        t1 = time.perf_counter()
-        logits = self.logits(encoded)
-        t2 = time.perf_counter()
-        results = self._postprocess(encoded, logits, top_k)
-        t3 = time.perf_counter()
-        self.last_timings = {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2}
-        return results
-
-    def _postprocess(self, encoded: list[EncodedText], logits: np.ndarray, k: int | None) -> list[dict]:
+    def preprocess(self, items: list[Any], *, top_k: int | None = None, **options: Any) -> tuple[list[EncodedText], int]:
         n = len(self.labels)
-        k = n if k is None else max(1, min(int(k), n))
+        return self._encode(items), n if top_k is None else max(1, min(int(top_k), n))
+
+    def infer(self, batch: tuple[list[EncodedText], int]) -> np.ndarray:
+        return self.logits(batch[0])
+
+    def postprocess(self, batch: tuple[list[EncodedText], int], logits: np.ndarray) -> list[dict]:
+        """Ranked labels (the top k; multi-label: every label at or above its threshold), every
+        label's probability under ``scores``, and the drift features."""
+        encoded, k = batch
         probs = sigmoid(logits) if self.multi_label else softmax(logits)
         ranks = ranked(probs, self.labels, None if self.multi_label else k)
         out = []
-        for enc, row, labels in zip(encoded, probs, ranks):
+        for enc, row, values, labels in zip(encoded, probs, probs.tolist(), ranks):
             features = {
                 "token_count": enc.token_count,
                 "unknown_token_rate": enc.unknown_rate,
                 "predicted_class": labels[0]["label"],
                 "top_confidence": labels[0]["score"],
             }
+            scores = dict(zip(self.labels, values))
             if self.multi_label:
                 chosen = above_threshold(row, self.labels, self.thresholds)
                 features["labels_per_item"] = len(chosen)
-                out.append({"labels": chosen, "scores": dict(zip(self.labels, row.tolist())), "features": features})
+                out.append({"labels": chosen, "scores": scores, "features": features})
             else:
-                out.append({"labels": labels, "features": features})
+                out.append({"labels": labels, "scores": scores, "features": features})
         return out
 
     def warmup(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -17,8 +16,7 @@ class TranslatorRuntime(Runtime):
     """Serves one translation model version (task ``translation``).
 
     Items are source strings (or ``{"text": str}``). ``predict`` options ``num_beams``,
-    ``max_new_tokens`` and ``length_penalty`` default to the manifest's generation block and
-    are checked against its limits.
+    ``max_new_tokens`` and ``length_penalty`` default to the manifest's generation block.
     """
 
     task = "translation"
@@ -75,23 +73,13 @@ class TranslatorRuntime(Runtime):
     def generation_options(
         self, num_beams: int | None = None, max_new_tokens: int | None = None, length_penalty: float | None = None
     ) -> tuple[int, int, float]:
-        """Options with manifest defaults filled in; InputError when outside the manifest's limits."""
+        """Options with the manifest's defaults filled in (their bounds are the service's task spec's)."""
         gen = self.gen
-        num_beams = gen.num_beams if num_beams is None else num_beams
-        max_new_tokens = gen.max_new_tokens if max_new_tokens is None else max_new_tokens
-        length_penalty = gen.length_penalty if length_penalty is None else length_penalty
-        if isinstance(num_beams, bool) or not isinstance(num_beams, int) or not 1 <= num_beams <= gen.max_num_beams:
-            raise InputError(f"num_beams must be an integer in 1..{gen.max_num_beams}", field="num_beams",
-                             limit=gen.max_num_beams)
-        if (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
-                or not 1 <= max_new_tokens <= gen.max_max_new_tokens):
-            raise InputError(f"max_new_tokens must be an integer in 1..{gen.max_max_new_tokens}",
-                             field="max_new_tokens", limit=gen.max_max_new_tokens)
-        if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) or not (
-            -2.0 <= float(length_penalty) <= 2.0
-        ):
-            raise InputError("length_penalty must be a number in -2..2", field="length_penalty", limit=[-2.0, 2.0])
-        return num_beams, max_new_tokens, float(length_penalty)
+        return (
+            gen.num_beams if num_beams is None else int(num_beams),
+            gen.max_new_tokens if max_new_tokens is None else int(max_new_tokens),
+            gen.length_penalty if length_penalty is None else float(length_penalty),
+        )
 
     # ------------------------------------------------------------------ decoding
 
@@ -109,25 +97,20 @@ class TranslatorRuntime(Runtime):
     def detokenize(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
-    def predict(self, items: list[Any], **options: Any) -> list[dict]:
-        """Translate a batch: ``{"translation": str, "features": {...}}`` per item, in order."""
-        unknown = set(options) - {"num_beams", "max_new_tokens", "length_penalty"}
-        if unknown:
-            name = sorted(unknown)[0]
-            raise InputError(f"unknown option {name!r}", field=name, limit="num_beams|max_new_tokens|length_penalty")
-        num_beams, max_new_tokens, length_penalty = self.generation_options(**options)
-        if not items:
-            self.last_timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
-            return []
-        t0 = time.perf_counter()
+    def preprocess(self, items: list[Any], **options: Any):
         sources = [it if isinstance(it, list) else self.validate(it) for it in items]
-        t1 = time.perf_counter()
-        hyps = self.generate_ids(sources, num_beams=num_beams, max_new_tokens=max_new_tokens,
+        return sources, self.generation_options(**options)
+
+    def infer(self, batch) -> list[Hypothesis]:
+        sources, (num_beams, max_new_tokens, length_penalty) = batch
+        return self.generate_ids(sources, num_beams=num_beams, max_new_tokens=max_new_tokens,
                                  length_penalty=length_penalty)
-        t2 = time.perf_counter()
+
+    def postprocess(self, batch, hyps: list[Hypothesis]) -> list[dict]:
+        """``{"translation": str, "features": {...}}`` per item, in order."""
         unk = self.pre.unk_token_id
         results = []
-        for src, hyp in zip(sources, hyps):
+        for src, hyp in zip(batch[0], hyps):
             n_src = max(len(src) - 1, 1)  # without the appended EOS
             n_out = len(hyp.tokens) - (1 if hyp.finished else 0)
             results.append({
@@ -140,7 +123,6 @@ class TranslatorRuntime(Runtime):
                     "mean_logprob": float(hyp.mean_logprob),
                 },
             })
-        self.last_timings = {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": time.perf_counter() - t2}
         return results
 
     def warmup(self) -> None:

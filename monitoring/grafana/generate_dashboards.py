@@ -167,6 +167,13 @@ def overview() -> dict:
                    [target("endpoint:modelserve_request_errors:ratio_rate5m", "{{endpoint}} 5xx"),
                     target("endpoint:modelserve_request_client_errors:ratio_rate5m", "{{endpoint}} 4xx", "B")],
                    "percentunit", steps=[(GREEN, None), (RED, ERROR_RATIO_THRESHOLD)], max_=1),
+        timeseries("Requests/s by protocol", "5m rate by door: json (task JSON API), oip-rest and oip-grpc (Open "
+                   "Inference Protocol over HTTP and gRPC), and status.",
+                   [target("protocol_status:modelserve_requests:rate5m", "{{protocol}} {{status}}")], "reqps",
+                   stack=True),
+        timeseries("p99 latency by protocol", "Request latency p99 over 5m, per door.",
+                   [target('protocol:modelserve_request_duration_seconds:quantile5m{quantile="0.99"}',
+                           "{{protocol}} p99")], "s", steps=[(GREEN, None), (RED, LATENCY_P99_THRESHOLD_S)]),
         timeseries("Errors/s by kind", "validation (4xx), model_failure, overload, not_found; 5m rate.",
                    [target("sum by (kind) (endpoint_model_kind:modelserve_errors:rate5m)", "{{kind}}")], "reqps",
                    stack=True),
@@ -183,7 +190,8 @@ def overview() -> dict:
                 [target("sum by (le) (rate(modelserve_batch_size_rows_bucket[$__rate_interval]))", "{{le}}",
                         fmt="heatmap")], "none", w=8),
         timeseries("In-flight requests by endpoint", "Requests inside the service now.",
-                   [target("sum by (endpoint) (modelserve_requests_in_flight)", "{{endpoint}}")], "none", w=8),
+                   [target("sum by (protocol, endpoint) (modelserve_requests_in_flight)", "{{protocol}} {{endpoint}}")],
+                   "none", w=8),
         timeseries("Worst feature drift (PSI) by model", "Highest PSI over the model's features, 10m window; "
                    f"lines at the warning ({drift.PSI_WARNING}) and critical ({drift.PSI_CRITICAL}) thresholds.",
                    [target("model:modelserve_drift_psi:max10m", "{{model}} {{version}}")], "none", w=8,
@@ -248,6 +256,33 @@ def model_health() -> dict:
         timeseries("Errors/s by kind", "validation, model_failure, overload, not_found for this model.",
                    [target('endpoint_model_kind:modelserve_errors:rate5m{model="$model"}', "{{endpoint}} {{kind}}")],
                    "reqps", w=8),
+        row("Rollout"),
+        stat("Candidate share", "Share of requests routed (canary) or mirrored (shadow) to the candidate version; "
+             "0 without a rollout.", [target('max(modelserve_rollout_share{model="$model"})', "share")],
+             "percentunit"),
+        table("Roles", "Each served version's role: primary, or candidate in canary or shadow mode.",
+              [target('max by (version, role, mode) (modelserve_rollout_info{model="$model"}) == 1', "",
+                      instant=True, fmt="table")], w=8),
+        timeseries("Traffic by version", "Requests/s each version answered, by route: primary, canary (routed "
+                   "to the candidate), pinned (asked for by version), shadow (mirrored), 5m rate.",
+                   [target('model_route:modelserve_version_requests:rate5m{model="$model"}',
+                           "{{version}} {{route}}")], "reqps", w=12),
+        timeseries("Latency p50 / p99 by version", "Time each version took to answer (validation, queue, "
+                   "inference) over 5m; the CandidateLatencyWorse alert compares the candidate's p99 with the "
+                   "primary's.",
+                   [target('model:modelserve_version_request_duration_seconds:quantile5m{model="$model"}',
+                           "{{version}} p{{quantile}}")], "s", w=8),
+        timeseries("Error ratio by version", "Share of 5xx answers per version over 5m (alert "
+                   "CandidateErrorRatioWorse: the candidate 2 points above the primary).",
+                   [target('model:modelserve_version_errors:ratio_rate5m{model="$model"}', "{{version}}")],
+                   "percentunit", max_=1, w=8),
+        timeseries("Shadow agreement", "Share of mirrored items whose candidate answer agrees with the primary's "
+                   "(same top label, label set or translation), 5m.",
+                   [target('model:modelserve_shadow_agreement:ratio_rate5m{model="$model"}',
+                           "{{candidate}} vs {{primary}}")], "percentunit", max_=1, w=8),
+        timeseries("Worst drift (PSI) by version", "Highest PSI over the features of each served version, 10m.",
+                   [target('model:modelserve_drift_psi:max10m{model="$model"}', "{{version}}")], "none",
+                   steps=DRIFT_STEPS, w=12),
         row("Predictions"),
         timeseries("Predicted class share: live vs reference", "Solid: live share of each predicted class over "
                    "5m. Dashed: the share on held-out data (manifest reference profile).",

@@ -1,0 +1,102 @@
+"""The transport-agnostic request path every door calls: options, item checks, batching, results.
+
+A door decodes its wire format into a model, items and raw options, calls ``infer``, and encodes
+the results its own way; everything in between (bounds, item limits, validation, the batcher,
+the errors) happens here, once, whatever the protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anyio
+import numpy as np
+
+from modelkit.runtimes import InputError
+
+from . import shadow, telemetry
+from .batcher import Overloaded
+from .errors import ServiceError
+from .models import ServedModel
+from .worker import Route, Worker
+
+log = logging.getLogger("service.dataplane")
+
+OFFLOAD_VALIDATION_BYTES = 256 * 1024  # decode big uploads in a thread, not on the event loop
+_GENERIC_ITEM_FIELDS = {None, "", "text", "texts", "image", "images", "item", "source"}
+
+
+def item_field(prefix: str, index: int, exc: InputError) -> str:
+    """``texts[3]``, or ``texts[3].sub`` when the runtime names a part of the item."""
+    base = f"{prefix}[{index}]"
+    return base if exc.field in _GENERIC_ITEM_FIELDS else f"{base}.{exc.field}"
+
+
+def validate_items(model: ServedModel, items: Sequence[Any], prefix: str) -> list[Any]:
+    """Each item through the runtime's ``validate``; the first bad one is a 4xx naming it."""
+    validate = model.runtime.validate
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(validate(item))
+        except InputError as exc:
+            raise ServiceError(exc.status, str(exc), field=item_field(prefix, i, exc), limit=exc.limit) from None
+    return out
+
+
+def _payload_bytes(items: Sequence[Any]) -> int:
+    return sum(len(i) if isinstance(i, (bytes, bytearray)) else i.nbytes if isinstance(i, np.ndarray) else 0
+               for i in items)
+
+
+async def predict(model: ServedModel, items: list[Any], options: dict[str, Any]) -> list[dict]:
+    """Validated items through the model's batcher; 503 when its queue is full, 500 when it fails."""
+    try:
+        return await model.batcher.submit(items, options)
+    except Overloaded as exc:
+        raise ServiceError(503, str(exc), field=None, limit=model.batcher.max_queue_items, kind="overload") from None
+    except InputError as exc:  # a runtime refusing an item at predict time
+        raise ServiceError(exc.status, str(exc), field=exc.field, limit=exc.limit) from None
+    except Exception as exc:
+        log.exception("model %s failed on a batch of %d items", model.name, len(items))
+        raise ServiceError(500, f"model {model.name} failed: {type(exc).__name__}: {exc}", field=None) from None
+
+
+async def infer(worker: Worker, route: Route, items: Sequence[Any], given: Mapping[str, Any], *,
+                field: str) -> tuple[list[dict], dict[str, Any]]:
+    """Results for ``items`` (named ``field`` in errors) with options ``given``; returns (results, options).
+
+    The version's in-flight count covers the whole call, so a replaced version is freed only once
+    its requests are answered. A shadow candidate gets the same items after the answer is ready.
+    """
+    model = route.model
+    model.in_flight += 1
+    t0 = time.perf_counter()
+    status = 500
+    try:
+        worker.check_count(len(items), field)
+        spec = model.spec
+        options = spec.resolve_options(model.manifest, given)
+        results = await _validated_predict(model, items, options, field)
+        status = 200
+    except ServiceError as err:
+        status = err.status
+        raise
+    finally:
+        model.in_flight -= 1
+        telemetry.record_version_request(model, route.via, status, time.perf_counter() - t0)
+    if route.shadow is not None:
+        shadow.mirror(route, list(items), options, results, field)
+    return results, options
+
+
+async def _validated_predict(model: ServedModel, items: Sequence[Any], options: dict[str, Any],
+                             field: str) -> list[dict]:
+    if _payload_bytes(items) > OFFLOAD_VALIDATION_BYTES:
+        valid = await anyio.to_thread.run_sync(validate_items, model, items, field)
+    else:
+        valid = validate_items(model, items, field)
+    return await predict(model, valid, model.spec.runtime_options(model.manifest, options))

@@ -1,0 +1,126 @@
+"""What the two Open Inference Protocol doors share: metadata, input tensors -> items, results -> outputs.
+
+Tensor conventions (from each model's task spec, see the README): text models take ``text``
+(BYTES [-1]); classifiers answer ``label`` + ``probabilities`` (multi-label: ``labels`` + ``scores``);
+image models take ``image`` (UINT8 [-1, H, W, C]) or ``image_bytes`` (BYTES [-1]); translators
+answer ``translation``. Task options (``top_k``, ``num_beams``, ``max_new_tokens``) are request
+parameters; Triton's classification extension works on every FP32 [-1, C] score output.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+
+from .. import dataplane
+from ..errors import ServiceError
+from ..models import ServedModel
+from ..worker import Route, Worker
+from .oip_codec import DTYPES, InferRequest, RequestedOutput, classification_strings
+
+SERVER_NAME = "modelserve"
+EXTENSIONS = ["binary_tensor_data", "classification"]
+PLATFORM = "onnxruntime_onnx"
+# request parameters the protocol (or Triton's clients) may send besides the task's options
+PROTOCOL_PARAMETERS = frozenset({"binary_data_output", "timeout", "priority", "sequence_id", "sequence_start",
+                                 "sequence_end"})
+
+
+def server_version() -> str:
+    try:
+        return version("modelserve")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0"
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": server_version(), "extensions": EXTENSIONS}
+
+
+def model_metadata(model: ServedModel) -> dict[str, Any]:
+    """Name, versions, platform, input and output tensors (from the task spec and the manifest)."""
+    spec, mf = model.spec, model.manifest
+    params = spec.model_parameters(mf)
+    if mf.labels:
+        params["labels"] = json.dumps(mf.labels)
+    return {
+        "name": model.name,
+        "versions": [model.version],
+        "platform": PLATFORM,
+        "inputs": [t.metadata(mf) for t in spec.inputs],
+        "outputs": [t.metadata(mf) for t in spec.outputs],
+        "parameters": params,
+    }
+
+
+def items_from(model: ServedModel, inputs: Mapping[str, np.ndarray]) -> tuple[list[Any], str]:
+    """The request's input tensors, checked against the task's, as runtime items (and their tensor's name)."""
+    declared = {t.name: t for t in model.spec.inputs}
+    for name, arr in inputs.items():
+        tensor = declared.get(name)
+        if tensor is None:
+            raise ServiceError(422, f"model {model.name!r} has no input {name!r}", field="inputs",
+                               limit=sorted(declared))
+        if _datatype(arr) != tensor.datatype:
+            raise ServiceError(422, f"input {name!r} must be {tensor.datatype}, got {_datatype(arr)}",
+                               field=name, limit=tensor.datatype)
+    if len(declared) == 1 and not inputs.keys() & declared.keys():
+        raise ServiceError(422, f"model {model.name!r} needs the input {next(iter(declared))!r}", field="inputs",
+                           limit=sorted(declared))
+    return model.spec.items_from_tensors(model.manifest, dict(inputs))
+
+
+def _datatype(arr: np.ndarray) -> str:
+    return next(name for name, dt in DTYPES.items() if dt == arr.dtype)
+
+
+def options_from(model: ServedModel, parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The task's options from the request parameters; 422 naming a parameter nobody reads."""
+    names = {o.name for o in model.spec.options}
+    unknown = set(parameters) - names - PROTOCOL_PARAMETERS
+    if unknown:
+        raise ServiceError(422, f"unknown request parameter {sorted(unknown)[0]!r} for model {model.name!r}",
+                           field=f"parameters.{sorted(unknown)[0]}", limit=sorted(names))
+    return {k: v for k, v in parameters.items() if k in names}
+
+
+def outputs_for(model: ServedModel, results: Sequence[dict], requested: list[RequestedOutput] | None,
+                binary_default: bool) -> list[tuple[str, str, np.ndarray, bool]]:
+    """(name, datatype, array, binary) for each requested output (every output when none is named)."""
+    declared = {t.name: t for t in model.spec.outputs}
+    wanted = requested if requested is not None else [RequestedOutput(name) for name in declared]
+    out = []
+    for req in wanted:
+        tensor = declared.get(req.name)
+        if tensor is None:
+            raise ServiceError(422, f"model {model.name!r} has no output {req.name!r}", field="outputs",
+                               limit=sorted(declared))
+        arr = model.spec.output(req.name, results, model.manifest)
+        datatype = tensor.datatype
+        if req.class_count:
+            if datatype != "FP32" or arr.ndim != 2 or arr.shape[1] != len(model.manifest.labels):
+                raise ServiceError(422, f"output {req.name!r} does not hold per-label scores, so it cannot be "
+                                   "classified", field=f"outputs.{req.name}.parameters.classification")
+            arr, datatype = classification_strings(arr, model.manifest.labels, req.class_count), "BYTES"
+        out.append((req.name, datatype, arr, binary_default if req.binary is None else req.binary))
+    return out
+
+
+async def infer(worker: Worker, route: Route, request: InferRequest) -> list[tuple[str, str, np.ndarray, bool]]:
+    """An OIP inference request through the dataplane; the output tensors to send back."""
+    model = route.model
+    if request.outputs is not None:  # an unknown output is refused before any work is done
+        known = {t.name for t in model.spec.outputs}
+        for req in request.outputs:
+            if req.name not in known:
+                raise ServiceError(422, f"model {model.name!r} has no output {req.name!r}", field="outputs",
+                                   limit=sorted(known))
+    items, field = items_from(model, request.inputs)
+    given = options_from(model, request.parameters)
+    results, _ = await dataplane.infer(worker, route, items, given, field=field)
+    binary_default = bool(request.parameters.get("binary_data_output", False))
+    return outputs_for(model, results, request.outputs, binary_default)

@@ -1,0 +1,271 @@
+"""Open Inference Protocol tensors <-> numpy: JSON tensors, the binary tensor data extension, gRPC raw contents.
+
+BYTES tensors are object arrays of ``bytes``; on the wire (binary extension and gRPC
+``raw_*_contents``) each element is a 4-byte little-endian length followed by its bytes.
+Every malformed tensor is a ``ServiceError`` naming the tensor and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ServiceError
+
+DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype(np.int8), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+_LEN = struct.Struct("<I")
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool | None = None  # None: the request's binary_data_output decides
+    class_count: int = 0  # Triton's classification extension: top-k "score:index:label" strings
+
+
+@dataclass
+class InferRequest:
+    """One decoded inference request, whatever door it came through."""
+
+    inputs: dict[str, np.ndarray]
+    parameters: dict[str, Any] = field(default_factory=dict)
+    outputs: list[RequestedOutput] | None = None
+    id: str = ""
+
+
+def _bad(message: str, field: str, limit: Any = None, status: int = 422) -> ServiceError:
+    return ServiceError(status, message, field=field, limit=limit)
+
+
+def check_shape(name: str, shape: Any) -> list[int]:
+    if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                       for d in shape):
+        raise _bad(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}", f"{name}.shape")
+    return list(shape)
+
+
+def dtype_of(name: str, datatype: Any) -> np.dtype:
+    if datatype not in DTYPES:
+        raise _bad(f"input {name!r}: unknown datatype {datatype!r}", f"{name}.datatype", sorted(DTYPES))
+    return DTYPES[datatype]
+
+
+# ---- BYTES on the wire --------------------------------------------------------------------------
+
+
+def serialize_bytes(values: np.ndarray) -> bytes:
+    """An object array of bytes -> length-prefixed elements (row-major)."""
+    parts = []
+    for v in values.reshape(-1):
+        b = v if isinstance(v, (bytes, bytearray)) else str(v).encode("utf-8")
+        parts.append(_LEN.pack(len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def deserialize_bytes(buf: bytes | memoryview, count: int, name: str) -> list[bytes]:
+    """Length-prefixed elements -> exactly ``count`` bytes values; 422 on a short or long buffer."""
+    buf = memoryview(buf)
+    out, pos = [], 0
+    for _ in range(count):
+        if pos + 4 > len(buf):
+            raise _bad(f"input {name!r}: BYTES data ends after {len(out)} of {count} elements", name, count)
+        (n,) = _LEN.unpack_from(buf, pos)
+        pos += 4
+        if pos + n > len(buf):
+            raise _bad(f"input {name!r}: BYTES element {len(out)} claims {n} bytes past the end of the data", name)
+        out.append(bytes(buf[pos:pos + n]))
+        pos += n
+    if pos != len(buf):
+        raise _bad(f"input {name!r}: {len(buf) - pos} bytes of data beyond its {count} elements", name, count)
+    return out
+
+
+def from_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview) -> np.ndarray:
+    """A tensor from its raw bytes (binary extension, gRPC raw_input_contents)."""
+    dtype = dtype_of(name, datatype)
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        arr = np.empty(count, dtype=object)
+        arr[:] = deserialize_bytes(raw, count, name)
+        return arr.reshape(shape)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise _bad(f"input {name!r}: {len(raw)} bytes of data for shape {shape} of {datatype} "
+                   f"({expected} expected)", name, expected)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def to_raw(arr: np.ndarray, datatype: str) -> bytes:
+    if datatype == "BYTES":
+        return serialize_bytes(arr)
+    return np.ascontiguousarray(arr, dtype=DTYPES[datatype]).tobytes()
+
+
+def from_json_data(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
+    """A tensor from the JSON ``data`` field (flat or nested, row-major); BYTES elements are strings."""
+    dtype = dtype_of(name, datatype)
+    count = math.prod(shape)
+    flat = _flatten(data, name)
+    if len(flat) != count:
+        raise _bad(f"input {name!r}: {len(flat)} elements for shape {shape} ({count} expected)", name, count)
+    if datatype == "BYTES":
+        arr = np.empty(count, dtype=object)
+        try:
+            arr[:] = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in flat]
+        except (TypeError, ValueError):
+            raise _bad(f"input {name!r}: BYTES elements must be strings in JSON", name, "string") from None
+        return arr.reshape(shape)
+    if any(isinstance(v, (str, list, dict)) or v is None for v in flat):
+        raise _bad(f"input {name!r}: {datatype} elements must be numbers", name, datatype)
+    try:
+        arr = np.asarray(flat, dtype=dtype)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise _bad(f"input {name!r}: data does not fit {datatype}: {exc}", name, datatype) from None
+    return arr.reshape(shape)
+
+
+def _flatten(data: Any, name: str) -> list:
+    if not isinstance(data, list):
+        raise _bad(f"input {name!r}: data must be a list", f"{name}.data", "list")
+    if not any(isinstance(v, list) for v in data):
+        return data
+    out: list = []
+    stack = [iter(data)]
+    while stack:  # iterative: a deeply nested body cannot exhaust the recursion limit
+        for v in stack[-1]:
+            if isinstance(v, list):
+                stack.append(iter(v))
+                break
+            out.append(v)
+        else:
+            stack.pop()
+    return out
+
+
+def to_json_data(arr: np.ndarray, datatype: str) -> list:
+    flat = arr.reshape(-1)
+    if datatype == "BYTES":
+        return [v.decode("utf-8", errors="replace") if isinstance(v, (bytes, bytearray)) else str(v) for v in flat]
+    return flat.tolist()
+
+
+# ---- requested outputs and parameters -------------------------------------------------------------
+
+
+def requested_outputs(raw: Any) -> list[RequestedOutput] | None:
+    """The JSON ``outputs`` list -> RequestedOutput entries (None when absent)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise _bad("outputs must be a list", "outputs", "list")
+    out = []
+    for i, o in enumerate(raw):
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+            raise _bad(f"outputs[{i}] must be an object with a name", f"outputs[{i}]")
+        params = o.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise _bad(f"outputs[{i}].parameters must be an object", f"outputs[{i}].parameters")
+        binary = params.get("binary_data")
+        count = params.get("classification", 0)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise _bad(f"outputs[{i}].parameters.classification must be a non-negative integer",
+                       f"outputs[{i}].parameters.classification", 0)
+        out.append(RequestedOutput(o["name"], bool(binary) if binary is not None else None, count))
+    return out
+
+
+def classification_strings(scores: np.ndarray, labels: Sequence[str], k: int) -> np.ndarray:
+    """Triton's classification extension: per row the top ``k`` as ``"score:index:label"`` (BYTES [N, k])."""
+    k = min(k, scores.shape[1])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    out = np.empty(order.shape, dtype=object)
+    for r, row in enumerate(order.tolist()):
+        out[r, :] = [f"{scores[r, c]:f}:{c}:{labels[c]}".encode("utf-8") for c in row]
+    return out
+
+
+# ---- the REST door's bodies ---------------------------------------------------------------------------
+
+
+def decode_rest_request(body: bytes, header_length: int | None) -> InferRequest:
+    """A REST inference body: JSON, or a JSON header of ``header_length`` bytes followed by binary tensors."""
+    if header_length is not None and not 0 < header_length <= len(body):
+        raise _bad(f"Inference-Header-Content-Length is {header_length}, the body has {len(body)} bytes",
+                   "Inference-Header-Content-Length", len(body), status=400)
+    head = body if header_length is None else body[:header_length]
+    binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
+    try:
+        doc = json.loads(head)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise _bad(f"request body is not valid JSON: {str(exc)[:200]}", "body", status=400) from None
+    if not isinstance(doc, dict):
+        raise _bad("request body must be a JSON object", "body", status=400)
+    unknown = set(doc) - {"id", "parameters", "inputs", "outputs"}
+    if unknown:
+        raise _bad(f"unknown field {sorted(unknown)[0]!r} in the request", sorted(unknown)[0],
+                   ["id", "parameters", "inputs", "outputs"])
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise _bad("parameters must be an object", "parameters", "object")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise _bad("inputs must be a non-empty list of tensors", "inputs", 1)
+    inputs: dict[str, np.ndarray] = {}
+    pos = 0
+    for i, t in enumerate(raw_inputs):
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            raise _bad(f"inputs[{i}] must be an object with a name", f"inputs[{i}]")
+        name = t["name"]
+        if name in inputs:
+            raise _bad(f"input {name!r} given twice", name)
+        shape = check_shape(name, t.get("shape"))
+        datatype = t.get("datatype")
+        dtype_of(name, datatype)
+        tparams = t.get("parameters") or {}
+        size = tparams.get("binary_data_size") if isinstance(tparams, dict) else None
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0 or pos + size > len(binary):
+                raise _bad(f"input {name!r}: binary_data_size {size!r} does not fit the {len(binary) - pos} "
+                           "bytes of binary data left", f"{name}.parameters.binary_data_size", len(binary) - pos)
+            inputs[name] = from_raw(name, datatype, shape, binary[pos:pos + size])
+            pos += size
+        elif "data" in t:
+            inputs[name] = from_json_data(name, datatype, shape, t["data"])
+        else:
+            raise _bad(f"input {name!r} has neither data nor parameters.binary_data_size", name)
+    if pos != len(binary):
+        raise _bad(f"{len(binary) - pos} bytes of binary data belong to no input", "body", status=400)
+    return InferRequest(inputs=inputs, parameters=params, outputs=requested_outputs(doc.get("outputs")),
+                        id=str(doc.get("id", "")))
+
+
+def encode_rest_response(header: Mapping[str, Any], outputs: Sequence[tuple[str, str, np.ndarray, bool]]
+                         ) -> tuple[bytes, int | None]:
+    """(body, header length or None): outputs as JSON data or, where asked, binary after the JSON header."""
+    tensors, blobs = [], []
+    for name, datatype, arr, binary in outputs:
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
+        if binary:
+            raw = to_raw(arr, datatype)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            entry["data"] = to_json_data(arr, datatype)
+        tensors.append(entry)
+    head = json.dumps({**header, "outputs": tensors}, separators=(",", ":")).encode("utf-8")
+    if not blobs:
+        return head, None
+    return b"".join([head, *blobs]), len(head)

@@ -1,0 +1,144 @@
+"""The HTTP front: one ASGI middleware ahead of BentoML's layers that serves every door's routes.
+
+Added to the BentoML service with ``add_asgi_middleware``, so the JSON API and the OIP REST door
+reach their handlers without BentoML's request context, Starlette's router and mount, or
+FastAPI's middleware: with one small item per request those layers cost more CPU than the
+model (benchmarks/RESULTS.md). For each request it checks the body size and content type before
+anything reads the body, keeps the traffic count the batchers read, records the request metrics
+with the door's protocol label, and renders a ``ServiceError`` the way the door's protocol says.
+Everything else (``/metrics``, the OpenAPI page, BentoML's probes) goes on to the app below.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from . import telemetry
+from .doors import json_api, oip_rest
+from .errors import ServiceError
+from .worker import Worker
+
+log = logging.getLogger("service.front")
+
+Handler = Callable[..., Awaitable[Response]]
+WORKER_KEY = "modelserve.worker"  # scope key: the worker, for handlers of the app below
+# BentoML's own paths and the scrape: not client traffic
+UNCOUNTED = frozenset({"/metrics", "/livez", "/readyz", "/healthz", "/docs.json", "/", "/docs"})
+DOORS = {json_api.PROTOCOL: json_api.error_response, oip_rest.PROTOCOL: oip_rest.error_response}
+
+
+def match(method: str, path: str) -> tuple[str, str, Handler, dict[str, str]] | None:
+    """(protocol, endpoint label, handler, path parameters) of a door's route, or None."""
+    handler = json_api.ROUTES.get((method, path))
+    if handler is not None:
+        return json_api.PROTOCOL, path, handler, {}
+    if path == "/v2" or path.startswith("/v2/"):
+        found = oip_rest.route(method, path)
+        if found is not None:
+            label, handler, params = found
+            return oip_rest.PROTOCOL, label, handler, params
+    return None
+
+
+class Front:
+    """ASGI middleware: the doors' routes, guarded and counted; the rest passes to ``app``.
+
+    ``worker_of()`` returns this process's ``Worker`` (None while the models are loading).
+    """
+
+    def __init__(self, app, worker_of: Callable[[], Worker | None]):
+        self.app = app
+        self.worker_of = worker_of
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        worker = self.worker_of()
+        scope[WORKER_KEY] = worker
+        found = match(scope["method"], scope["path"])
+        if found is None:
+            if scope["path"] in UNCOUNTED:
+                return await self.app(scope, receive, send)
+            return await self._counted(worker, json_api.PROTOCOL, "other", scope, receive, send, None, {})
+        protocol, endpoint, handler, params = found
+        await self._counted(worker, protocol, endpoint, scope, receive, send, handler, params)
+
+    async def _counted(self, worker: Worker | None, protocol: str, endpoint: str, scope, receive, send,
+                       handler: Handler | None, params: dict[str, str]) -> None:
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        traffic = worker.traffic if worker is not None else None
+        if traffic is not None:
+            traffic.in_handlers += 1
+        telemetry.request_started(protocol, endpoint)
+        try:
+            if handler is None:
+                await self.app(scope, receive, send_wrapper)
+            else:
+                response = await self._answer(worker, protocol, endpoint, scope, receive, handler, params)
+                await response(scope, receive, send_wrapper)
+        finally:
+            if traffic is not None:
+                traffic.in_handlers -= 1
+            telemetry.request_finished(protocol, endpoint)
+            telemetry.record_request(protocol, endpoint, status, time.perf_counter() - t0)
+
+    async def _answer(self, worker: Worker | None, protocol: str, endpoint: str, scope, receive, handler: Handler,
+                      params: dict[str, str]) -> Response:
+        request = Request(scope, receive)
+        try:
+            if worker is None:
+                raise ServiceError(503, "service is still loading models", kind="overload")
+            precheck(worker, scope, protocol)
+            return await handler(worker, request, **params)
+        except ServiceError as err:
+            return self._error(request, protocol, endpoint, err)
+        except Exception:
+            log.exception("%s %s failed", scope["method"], scope["path"])
+            return self._error(request, protocol, endpoint, ServiceError(500, "internal error, see the server log"))
+
+    @staticmethod
+    def _error(request: Request, protocol: str, endpoint: str, err: ServiceError) -> Response:
+        err.log(request.method, request.url.path)
+        telemetry.count_error(protocol, endpoint, getattr(request.state, "model", None), err.kind)
+        return DOORS[protocol](err)
+
+
+def precheck(worker: Worker, scope, protocol: str) -> None:
+    """Body size (from Content-Length) and content type, before the body is read."""
+    if scope["method"] != "POST":
+        return
+    headers = dict(scope["headers"])
+    length = headers.get(b"content-length")
+    limit = worker.settings.max_request_bytes
+    if length and length.isdigit() and int(length) > limit:
+        raise ServiceError(413, f"request body is {int(length)} bytes, limit {limit}", field="body", limit=limit)
+    accepted = json_api.CONTENT_TYPES.get(scope["path"]) if protocol == json_api.PROTOCOL else None
+    if accepted:
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().decode("latin-1").lower()
+        if ctype not in accepted:
+            raise ServiceError(415, f"content type {ctype or 'missing'!r} not accepted; send "
+                               f"{' or '.join(accepted)}", field="content-type", limit=list(accepted))
+
+
+def worker_of(request: Request) -> Worker:
+    """The worker the front attached to this request (handlers in the app below use it)."""
+    worker = request.scope.get(WORKER_KEY)
+    if worker is None:
+        raise ServiceError(503, "service is still loading models", kind="overload")
+    return worker
+
+
+__all__ = ["Front", "WORKER_KEY", "match", "worker_of"]

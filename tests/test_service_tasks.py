@@ -1,0 +1,119 @@
+"""Task specs: the one home of option bounds, OIP tensors and answers (no server needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelkit.manifest import Manifest
+from modelkit.registry import load_version
+from service.errors import ServiceError
+from service.tasks import SPECS, endpoint_tasks, spec_for
+from service_support import names_by_task, smoke_models  # noqa: F401 (fixture)
+
+
+@pytest.fixture(scope="module")
+def manifests(smoke_models: Path) -> dict[str, Manifest]:
+    out = {}
+    for task, name in names_by_task(smoke_models).items():
+        out[task], _ = load_version(smoke_models, name, None)
+    return out
+
+
+def test_every_manifest_task_has_a_spec_and_json_endpoint():
+    from typing import get_args
+
+    from modelkit.manifest import Task
+
+    assert set(SPECS) == set(get_args(Task))
+    assert endpoint_tasks() == {"/classify": ("text-classification", "multi-label-classification"),
+                                "/translate": ("translation",), "/classify_image": ("image-classification",)}
+
+
+@pytest.mark.parametrize("options, field, bound", [
+    ({"num_beams": 0}, "num_beams", "min"), ({"num_beams": 99}, "num_beams", "max"),
+    ({"max_new_tokens": 0}, "max_new_tokens", "min"), ({"max_new_tokens": 10_000}, "max_new_tokens", "max"),
+    ({"max_new_tokens": 1.5}, "max_new_tokens", "max"), ({"num_beams": True}, "num_beams", "max"),
+    ({"num_beams": "2"}, "num_beams", "max"),
+])
+def test_translation_bounds_come_from_the_manifest(manifests, options, field, bound):
+    mf = manifests["translation"]
+    with pytest.raises(ServiceError) as err:
+        spec_for("translation").resolve_options(mf, options)
+    maximum = {"num_beams": mf.generation.max_num_beams, "max_new_tokens": mf.generation.max_max_new_tokens}[field]
+    assert err.value.status == 422 and err.value.field == field
+    assert err.value.limit == (1 if bound == "min" else maximum)
+
+
+def test_defaults_are_the_manifests(manifests):
+    mf = manifests["translation"]
+    assert spec_for("translation").resolve_options(mf, {}) == {
+        "num_beams": mf.generation.num_beams, "max_new_tokens": mf.generation.max_new_tokens}
+    assert spec_for("text-classification").resolve_options(manifests["text-classification"], {}) == {"top_k": 1}
+    assert spec_for("multi-label-classification").resolve_options(manifests["multi-label-classification"], {}) == {
+        "top_k": None}
+
+
+@pytest.mark.parametrize("task", ["text-classification", "multi-label-classification", "image-classification"])
+def test_top_k_bounded_by_the_label_count(manifests, task):
+    mf = manifests[task]
+    n = len(mf.labels)
+    spec = spec_for(task)
+    assert spec.resolve_options(mf, {"top_k": n}) == {"top_k": n}
+    for bad, limit in ((n + 1, n), (0, 1)):
+        with pytest.raises(ServiceError) as err:
+            spec.resolve_options(mf, {"top_k": bad})
+        assert (err.value.field, err.value.limit) == ("top_k", limit)
+
+
+def _result(scores: dict[str, float], chosen: list[str] | None = None) -> dict:
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    labels = [{"label": k, "score": v} for k, v in ranked if chosen is None or k in chosen]
+    return {"labels": labels, "scores": scores, "features": {"top_confidence": ranked[0][1]}}
+
+
+def test_classifier_outputs_and_json_results(manifests):
+    mf = manifests["text-classification"]
+    spec = spec_for("text-classification")
+    scores = dict(zip(mf.labels, np.linspace(0.1, 0.9, len(mf.labels)) / np.linspace(0.1, 0.9, len(mf.labels)).sum()))
+    results = [_result(scores)]
+    best = max(scores, key=scores.get)
+    assert spec.output("label", results, mf).tolist() == [best.encode()]
+    probs = spec.output("probabilities", results, mf)
+    assert probs.dtype == np.float32 and probs.shape == (1, len(mf.labels))
+    assert probs[0].tolist() == pytest.approx(list(scores.values()))
+    assert spec.json_result(results[0], {"top_k": 2})["labels"] == results[0]["labels"][:2]
+    assert spec.predicted_labels(results[0]) == [best]
+
+
+def test_multi_label_outputs(manifests):
+    mf = manifests["multi-label-classification"]
+    spec = spec_for("multi-label-classification")
+    scores = {lab: (0.9 if i < 3 else 0.01) for i, lab in enumerate(mf.labels)}
+    result = _result(scores, chosen=list(mf.labels[:3]))
+    assert json.loads(spec.output("labels", [result], mf)[0]) == list(mf.labels[:3])
+    assert spec.output("scores", [result], mf).shape == (1, len(mf.labels))
+    assert spec.json_result(result, {"top_k": 2})["labels"] == result["labels"][:2]
+    assert spec.json_result(result, {"top_k": None})["labels"] == result["labels"]
+    assert spec.predicted_labels(result) == list(mf.labels[:3])
+
+
+def test_inputs_become_items(manifests):
+    text = np.array([b"one", "zw\xc3\xb6lf".encode("latin-1")], dtype=object)
+    items, field = spec_for("text-classification").items_from_tensors(manifests["text-classification"], {"text": text})
+    assert items == ["one", "zwölf"] and field == "text"
+    with pytest.raises(ServiceError) as err:
+        spec_for("translation").items_from_tensors(manifests["translation"],
+                                                   {"text": np.array([b"ok", b"\xff\xfe"], dtype=object)})
+    assert err.value.field == "text[1]"
+    mf = manifests["image-classification"]
+    pixels = np.zeros((2, 28, 28, 1), np.uint8)
+    items, field = spec_for("image-classification").items_from_tensors(mf, {"image": pixels})
+    assert len(items) == 2 and field == "image" and items[0].shape == (28, 28, 1)
+    with pytest.raises(ServiceError) as err:
+        spec_for("image-classification").items_from_tensors(mf, {"image": pixels,
+                                                                 "image_bytes": np.array([b"x"], dtype=object)})
+    assert err.value.field == "inputs"
