@@ -361,6 +361,14 @@ class ServiceMetrics:
         for labels in now:
             self.rollout_info.labels(model, *labels).set(1)
         self.rollout_share.labels(model).set(share if candidate else 0.0)
+        # the series a rollout will write, at 0 before its first request, so rate() sees every increment
+        for version, route in ((primary, "primary"), (candidate, mode)):
+            if version and route:
+                self.version_requests.labels(model, version, route, "200")
+                self.version_request_duration.labels(model, version, route)
+        if candidate and primary and mode == "shadow":
+            for agreement in ("agree", "disagree"):
+                self.shadow_comparisons.labels(model, primary, candidate, agreement)
 
     # --- GPU ------------------------------------------------------------------------------
     def sample_gpu(self) -> bool:
