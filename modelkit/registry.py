@@ -387,6 +387,10 @@ def _latest_stack(history: list[HistoryRecord]) -> list[str]:
             if not stack:
                 stack.append(r.to_version)
         else:
+            # a move from a LATEST the history never recorded (set before the history existed, or by
+            # hand) still goes back to it
+            if r.from_version and (not stack or stack[-1] != r.from_version):
+                stack.append(r.from_version)
             stack.append(r.to_version)
     return stack
 

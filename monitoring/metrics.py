@@ -32,6 +32,7 @@ API (all label values are strings; ``model``/``version`` are the registry name a
 - ``observe_version_request(model, version, route, status, seconds)``: one request answered by one
   version; route is primary, canary, pinned (the client named the version) or shadow (mirrored).
 - ``count_shadow(model, primary, candidate, agree, disagree)``: shadow items whose answers agreed or not.
+- ``count_shadow_skipped(model, candidate, items)``: items not mirrored (the candidate was backed up).
 - ``set_rollout(model, primary, candidate, mode, share)``: the model's rollout roles (rollout_info, share).
 - ``start_gpu_sampler(interval_s=5.0)``: samples GPU utilisation and memory through nvidia-ml-py
   in a daemon thread; returns False (and no GPU series exist) when no GPU is present. The first
@@ -144,6 +145,8 @@ class ServiceMetrics:
         self.shadow_comparisons = Counter(name("shadow_comparisons"), "Items answered by both the primary and a "
                                           "shadow candidate, by whether the answers agree (same top label, label "
                                           "set or translation).", ["model", "primary", "candidate", "agreement"], **r)
+        self.shadow_skipped = Counter(name("shadow_skipped_items"), "Items not mirrored to a shadow candidate because "
+                                      "it already had a full batch waiting.", ["model", "candidate"], **r)
         self.rollout_info = Gauge(name("rollout_info"), "1 for each served version's rollout role (primary, or "
                                   "candidate with mode canary or shadow).", ["model", "version", "role", "mode"],
                                   multiprocess_mode="max", **r)
@@ -346,6 +349,9 @@ class ServiceMetrics:
         if disagree:
             self.shadow_comparisons.labels(model, primary, candidate, "disagree").inc(disagree)
 
+    def count_shadow_skipped(self, model: str, candidate: str, items: int) -> None:
+        self.shadow_skipped.labels(model, candidate).inc(items)
+
     def set_rollout(self, model: str, primary: str | None, candidate: str | None, mode: str | None,
                     share: float) -> None:
         """The model's current roles; roles no longer held drop to 0 (multiprocess gauges cannot be removed)."""
@@ -361,6 +367,14 @@ class ServiceMetrics:
         for labels in now:
             self.rollout_info.labels(model, *labels).set(1)
         self.rollout_share.labels(model).set(share if candidate else 0.0)
+        # the series a rollout will write, at 0 before its first request, so rate() sees every increment
+        for version, route in ((primary, "primary"), (candidate, mode)):
+            if version and route:
+                self.version_requests.labels(model, version, route, "200")
+                self.version_request_duration.labels(model, version, route)
+        if candidate and primary and mode == "shadow":
+            for agreement in ("agree", "disagree"):
+                self.shadow_comparisons.labels(model, primary, candidate, agreement)
 
     # --- GPU ------------------------------------------------------------------------------
     def sample_gpu(self) -> bool:
@@ -425,6 +439,7 @@ METRIC_NAMES = (
     "modelserve_version_requests_total",
     "modelserve_version_request_duration_seconds",
     "modelserve_shadow_comparisons_total",
+    "modelserve_shadow_skipped_items_total",
     "modelserve_rollout_info",
     "modelserve_rollout_share",
     "modelserve_gpu_utilization_ratio",
@@ -504,6 +519,10 @@ def count_shadow(model: str, primary: str, candidate: str, agree: int, disagree:
 
 def set_rollout(model: str, primary: str | None, candidate: str | None, mode: str | None, share: float) -> None:
     default_metrics().set_rollout(model, primary, candidate, mode, share)
+
+
+def count_shadow_skipped(model: str, candidate: str, items: int) -> None:
+    default_metrics().count_shadow_skipped(model, candidate, items)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -24,7 +24,15 @@ _tasks: set[asyncio.Task] = set()  # keeps running comparisons referenced until 
 
 
 def mirror(route: "Route", items: list[Any], options: dict[str, Any], primary: list[dict], field: str) -> None:
-    """Send ``items`` to ``route.shadow`` in the background and record the agreement with ``primary``."""
+    """Send ``items`` to ``route.shadow`` in the background and record the agreement with ``primary``.
+
+    Skipped (and counted) while the candidate already has a full batch waiting: mirrored traffic
+    must never pile up behind a slow candidate and take the machine from the primary.
+    """
+    candidate = route.shadow
+    if candidate.batcher is None or candidate.batcher.queued_items >= candidate.batcher.max_batch_size:
+        telemetry.record_shadow_skipped(route.model, candidate, len(items))
+        return
     task = asyncio.get_running_loop().create_task(_compare(route, items, options, primary, field))
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)

@@ -206,3 +206,18 @@ def test_models_and_history_commands_show_the_history(reg, capsys):
     assert main(["history", "m", "--limit", "2", "--json", "--registry", str(reg)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["from"], r["to"]) for r in lines] == [("v2", "v3"), ("v3", "v1")]
+
+
+def test_rollback_returns_to_a_latest_set_before_the_history_existed(tmp_path):
+    """LATEST written by hand (or by code older than the history); one promote; rollback goes back to it."""
+    root = tmp_path / "reg"
+    _publish(root, "m", "v1", passed=False)  # published without moving LATEST ...
+    _publish(root, "m", "v2", passed=False)
+    for version in ("v1", "v2"):  # ... then made servable by hand, same creation time: only the history can tell
+        manifest = registry.load_version(root, "m", version, verify=False)[0]
+        manifest.gate.passed = True
+        manifest.dump(root / "m" / version / "manifest.json")
+    (root / "m" / "LATEST").write_text("v1\n")
+    registry.promote(root, "m", "v2", why="t")
+    record, how = registry.rollback(root, "m", why="t")
+    assert (record.from_version, record.to_version) == ("v2", "v1") and how.startswith("history"), how
