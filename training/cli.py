@@ -11,6 +11,7 @@ Exit codes: 0 ok; 1 a model failed its gate (published, not servable, LATEST unt
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import multiprocessing
 import os
@@ -55,7 +56,7 @@ def resolve_configs(
         presets = registered[n].presets()
         if preset not in presets:
             raise ConfigError(f"{n}: family has no {preset!r} preset")
-        raw[n] = presets[preset]
+        raw[n] = copy.deepcopy(presets[preset])  # --set edits it in place; a family may share its dicts
     if config_file:
         file_cfg = load_config_file(config_file)
         for n, section in file_cfg.items():
