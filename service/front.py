@@ -62,6 +62,8 @@ class Front:
         scope[WORKER_KEY] = worker
         found = match(scope["method"], scope["path"])
         if found is None:
+            if scope["path"] == "/metrics":  # whoever answers the scrape (the app or BentoML) reads the files
+                telemetry.flush()
             if scope["path"] in UNCOUNTED:
                 return await self.app(scope, receive, send)
             return await self._counted(worker, json_api.PROTOCOL, "other", scope, receive, send, None, {})

@@ -83,3 +83,14 @@ def record_shadow_skipped(primary: "ServedModel", candidate: "ServedModel", item
 
 def record_rollout(name: str, primary: str | None, candidate: str | None, mode: str | None, share: float) -> None:
     _guard("set_rollout", metrics.set_rollout, name, primary, candidate, mode, share)
+
+
+def enable_buffering(interval_s: float) -> None:
+    """Buffer metric writes (monitoring.metrics); 0 keeps writing every observation at once."""
+    if interval_s > 0:
+        metrics.enable_buffering(interval_s)
+
+
+def flush() -> None:
+    """Write this process's buffered metrics now (before a scrape)."""
+    _guard("flush", metrics.default_metrics().flush)
