@@ -16,8 +16,8 @@ How to add a family
    this order:
 
    ``prepare_data`` -> ``baselines`` -> ``build_model`` -> trainer loop over ``batches`` /
-   ``loss`` with ``validate`` (``val_outputs`` then ``val_metrics``) each epoch (early stopping on ``cfg.train.monitor`` or the
-   family's ``headline_metric``, higher is better) -> ``write_assets`` (tokenizer / preprocessing
+   ``loss`` with ``validate`` (``val_outputs`` then ``val_metrics``) each epoch (early
+   stopping on ``cfg.train.monitor`` or the family's ``headline_metric``, higher is better) -> ``write_assets`` (tokenizer / preprocessing
    files into the staging folder, manifest pre/post-processing) -> ``export_graphs`` (the
    pipeline exports every :class:`GraphExport` with the legacy and dynamo exporters, checks
    parity on its ``sample_inputs``, times both, keeps the faster passing one, quantizes int8)
