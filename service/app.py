@@ -25,6 +25,7 @@ import time
 
 import bentoml
 
+from . import telemetry
 from .doors import oip_grpc
 from .front import Front
 from .http_app import api
@@ -82,6 +83,7 @@ class ModelService:
         log.info("loading models from %s (provider=%s, variant=%s, %d worker(s), %d intra-op thread(s) each)",
                  SETTINGS.registry.resolve(), SETTINGS.provider, SETTINGS.variant, SETTINGS.workers,
                  SETTINGS.intra_op_threads())
+        telemetry.enable_buffering(SETTINGS.metrics_flush_s)
         self.worker = Worker.start(SETTINGS)
         self.grpc_server = None
         _settle_garbage_collector(SETTINGS.gc_thresholds)

@@ -60,6 +60,7 @@ class _Job:
     key: tuple
     future: asyncio.Future
     enqueued_at: float
+    inline: bool = True  # may run on the event loop (see Batcher._inline_ok)
     results: list[dict] = field(default_factory=list)
 
 
@@ -87,8 +88,14 @@ class Batcher:
     def queued_items(self) -> int:
         return self._queued_items
 
-    async def submit(self, items: list[Any], options: dict[str, Any] | None = None) -> list[dict]:
-        """Results for ``items`` (already validated), in order; raises what the model raised."""
+    async def submit(self, items: list[Any], options: dict[str, Any] | None = None, *, inline: bool = True) -> list[dict]:
+        """Results for ``items`` (already validated), in order; raises what the model raised.
+
+        ``inline=False``: never run this request's batch on the event loop. A door whose next requests
+        the Traffic count cannot see (gRPC: grpc.aio starts handlers one at a time, each submitting
+        without an await) would otherwise have every request run alone on a loop that, while it runs
+        the model, accepts no other request (measured at 32 gRPC clients: batches of 1.4 items).
+        """
         if not items:
             return []
         if self._queued_items + len(items) > self.max_queue_items:
@@ -99,7 +106,7 @@ class Batcher:
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._run_forever(), name=f"batcher-{self.name}")
         options = options or {}
-        job = _Job(list(items), options, tuple(sorted(options.items())), loop.create_future(), loop.time())
+        job = _Job(list(items), options, tuple(sorted(options.items())), loop.create_future(), loop.time(), inline)
         self._pending.append(job)
         self._queued_items += len(items)
         self._traffic.parked += 1
@@ -116,6 +123,9 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            # Requests whose handlers are ready to run in this loop iteration join first: gRPC handlers
+            # submit without awaiting anything, so the Traffic count never shows them arriving.
+            await asyncio.sleep(0)
             first = self._pending[0]
             deadline = first.enqueued_at + self.max_wait_s
             while self._items_with_key(first.key) < self.max_batch_size:
@@ -167,7 +177,7 @@ class Batcher:
         items = [it for j in live for it in j.items]
         waits = [loop.time() - j.enqueued_at for j in live]
         try:
-            if self._inline_ok(len(items)):
+            if self._inline_ok(len(items)) and all(j.inline for j in live):
                 results = self._call(items, live[0].options, waits)
             else:
                 results = await loop.run_in_executor(self._executor, self._call, items, live[0].options, waits)

@@ -152,10 +152,11 @@ class DecodingScheduler:
                                f"{self.max_queue_items}; retry in about {retry:.0f} s", field=None,
                                limit=self.max_queue_items, kind=errors.OVERLOAD, retry_after=retry)
 
-    async def submit(self, items: list[Any], options: dict[str, Any] | None = None, *,
+    async def submit(self, items: list[Any], options: dict[str, Any] | None = None, *, inline: bool = True,
                      deadline: float | None = None) -> list[dict]:
         """Results for validated ``items`` (source ids), in order. Cancelling the call (the client went
-        away) takes its texts out of the queue and the running batch."""
+        away) takes its texts out of the queue and the running batch. ``inline`` is the request
+        batcher's; here decoding always runs in the model thread."""
         if not items:
             return []
         req = self._enqueue(items, options or {}, stream=False, deadline=deadline)

@@ -54,14 +54,19 @@ class Front:
     def __init__(self, app, worker_of: Callable[[], Worker | None]):
         self.app = app
         self.worker_of = worker_of
+        self._worker: Worker | None = None  # found once: a process serves one worker for its lifetime
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        worker = self.worker_of()
+        worker = self._worker
+        if worker is None:
+            worker = self._worker = self.worker_of()
         scope[WORKER_KEY] = worker
         found = match(scope["method"], scope["path"])
         if found is None:
+            if scope["path"] == "/metrics":  # whoever answers the scrape (the app or BentoML) reads the files
+                telemetry.flush()
             if scope["path"] in UNCOUNTED:
                 return await self.app(scope, receive, send)
             return await self._counted(worker, json_api.PROTOCOL, "other", scope, receive, send, None, {})

@@ -105,6 +105,10 @@ class ServiceSettings(BaseSettings):
         "the modelserve_* metrics cover requests either way, and /metrics is served in both cases)",
     )
     request_timeout_s: float = Field(120.0, gt=0, description="BentoML request timeout")
+    metrics_flush_s: float = Field(
+        0.5, ge=0, le=60, description="metrics are held in memory and written to the multiprocess files this "
+        "often (one write per series instead of one per observation); a scrape sees other workers' values at most "
+        "this late; 0 writes every observation at once")
 
     reload: Literal["off", "poll"] = Field(
         "off", description="watch the registry: poll each model's LATEST (and new models) every reload_interval_s "

@@ -77,8 +77,23 @@ def record_shadow(primary: "ServedModel", candidate: "ServedModel", agree: int, 
     _guard("count_shadow", metrics.count_shadow, primary.name, primary.version, candidate.version, agree, disagree)
 
 
+def record_shadow_skipped(primary: "ServedModel", candidate: "ServedModel", items: int) -> None:
+    _guard("count_shadow_skipped", metrics.count_shadow_skipped, primary.name, candidate.version, items)
+
+
 def record_rollout(name: str, primary: str | None, candidate: str | None, mode: str | None, share: float) -> None:
     _guard("set_rollout", metrics.set_rollout, name, primary, candidate, mode, share)
+
+
+def enable_buffering(interval_s: float) -> None:
+    """Buffer metric writes (monitoring.metrics); 0 keeps writing every observation at once."""
+    if interval_s > 0:
+        metrics.enable_buffering(interval_s)
+
+
+def flush() -> None:
+    """Write this process's buffered metrics now (before a scrape)."""
+    _guard("flush", metrics.default_metrics().flush)
 
 
 # --- continuous decoding (service/decoding.py); each called on the event loop --------------------------------

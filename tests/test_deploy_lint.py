@@ -70,7 +70,7 @@ def render(target: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
-@pytest.fixture(scope="module", params=["base", "overlays/gpu", "overlays/registry-pvc"])
+@pytest.fixture(scope="module", params=["base", "overlays/gpu", "overlays/registry-pvc", "overlays/load-hpa"])
 def rendered(request, tmp_path_factory):
     docs = render(request.param)
     path = tmp_path_factory.mktemp("k8s") / "rendered.yaml"

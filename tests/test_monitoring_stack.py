@@ -164,7 +164,7 @@ def test_counters_and_histogram_counts_equal_the_requests_sent(stack, traffic):
     shadow = f'model="{text}", version="{SHADOW_VERSION}"'
     prom.wait_for(f"sum(modelserve_items_total{{{shadow}}})", lambda v: list(v.values()) == [items[text]], timeout=30)
     agree = prom.values(f'sum by (agreement) (modelserve_shadow_comparisons_total{{model="{text}"}})')
-    assert {dict(k)["agreement"]: v for k, v in agree.items()} == {"agree": items[text]}
+    assert {dict(k)["agreement"]: v for k, v in agree.items()} == {"agree": items[text], "disagree": 0.0}
     bad = sum(n for (e, s), n in sent.items() if s.startswith("4") and s != "404")  # 413, 422
     assert sum(prom.values('sum(modelserve_errors_total{kind="validation"})').values()) == bad, sent
     assert sum(prom.values('sum(modelserve_errors_total{kind="not_found"})').values()) == sent[("/classify", "404")]

@@ -19,8 +19,9 @@ from service_support import names_by_task, smoke_models  # noqa: F401  (fixture)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("service_bench", ROOT / "benchmarks" / "service_bench.py")
+def _bench(name: str = "service_bench"):
+    """A script of benchmarks/ imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -102,10 +103,7 @@ def test_grpc_errors_inside_http_200_are_counted(smoke_models, tmp_path):  # noq
 
 
 def test_oip_clients_bench_drives_both_doors_through_tritonclient(smoke_models, tmp_path):  # noqa: F811
-    spec = importlib.util.spec_from_file_location("oip_clients_bench", ROOT / "benchmarks" / "oip_clients_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = _bench("oip_clients_bench")
     by_task = names_by_task(smoke_models)
     models = [by_task["text-classification"], by_task["image-classification"]]
     results = tmp_path / "RESULTS.md"
@@ -121,10 +119,7 @@ def test_oip_clients_bench_drives_both_doors_through_tritonclient(smoke_models, 
 
 
 def test_lifecycle_bench_promotes_and_rolls_back_under_load(smoke_models, tmp_path):
-    spec = importlib.util.spec_from_file_location("lifecycle_bench", ROOT / "benchmarks" / "lifecycle_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = _bench("lifecycle_bench")
     name = names_by_task(smoke_models)["text-classification"]
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n")
@@ -135,3 +130,19 @@ def test_lifecycle_bench_promotes_and_rolls_back_under_load(smoke_models, tmp_pa
     assert answers > 100 and bad == 0
     for key in ("every answer from B after the promote", "every answer from A after the rollback"):
         assert float(rows[key].split(" s")[0]) < 6, rows[key]  # each worker switched, within poll + load + noise
+
+
+def test_shadow_bench_runs_with_and_without_a_shadow(smoke_models, tmp_path):
+    module = _bench("shadow_bench")
+    name = names_by_task(smoke_models)["text-classification"]
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n")
+    assert module.main(["--registry", str(smoke_models), "--model", name, "--requests", "200",
+                        "--results", str(results)]) == 0
+    rows = {c[0]: c for c in ([x.strip() for x in line.strip().strip("|").split("|")]
+                              for line in results.read_text().splitlines() if line.startswith("| ")) if len(c) == 8}
+    assert float(rows["no rollout"][7].replace(",", "")) == 0 and rows["no rollout"][5] == "0"
+    mirrored = float(rows["shadow, share 1.0"][7].replace(",", ""))
+    tenth = float(rows["shadow, share 0.1"][7].replace(",", ""))
+    # every request compared (a few more: wrk's last in-flight requests), unless the candidate was backed up
+    assert mirrored >= 150 and tenth < mirrored / 2, rows

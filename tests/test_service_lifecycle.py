@@ -47,12 +47,12 @@ def candidate_registry(smoke_models: Path, name: str, tmp_path_factory) -> tuple
 
 
 def _versions_seen(url: str, name: str, n: int = 24) -> set[str]:
-    """Versions answering ``n`` requests, each on a new connection (so both workers are asked)."""
+    """Versions answering ``n`` requests, each on a new connection (so both workers are asked); an
+    answer other than 200 shows up as its status code."""
     seen = set()
     for _ in range(n):
         resp = httpx.post(f"{url}/classify", json={"model": name, "texts": ["hello"]}, timeout=30)
-        assert resp.status_code == 200, resp.text
-        seen.add(resp.json()["version"])
+        seen.add(resp.json()["version"] if resp.status_code == 200 else str(resp.status_code))
     return seen
 
 
