@@ -60,6 +60,8 @@ class _Item:
 
     request: _Request
     index: int
+    queued_step: int = 0  # the engine's step count when it arrived
+    joined_step: int | None = None  # and when it joined the running batch
     first_token_at: float | None = None
     admitted_at: float | None = None
 
@@ -221,7 +223,7 @@ class DecodingScheduler:
             deadline = _current_deadline()
         req = _Request(seqs, loop, stream, deadline)
         for i, s in enumerate(seqs):
-            s.tag = _Item(req, i)
+            s.tag = _Item(req, i, queued_step=self.engine.steps)
         self._requests.add(req)
         with self._cv:
             self._queue.extend(seqs)
@@ -315,15 +317,21 @@ class DecodingScheduler:
     def _run(self) -> None:
         engine = self.engine
         while True:
-            with self._cv:
-                while not self._closed and not self._queue and engine.rows == 0:
-                    self._cv.wait()
-                if self._closed:
-                    engine.drop(engine.sequences)
-                    return
-                joining, expired = self._take()
             report = _Report()
+            joining: list[Sequence] = []
             try:
+                with self._cv:
+                    while not self._closed and not self._queue and engine.rows == 0:
+                        self._cv.wait()
+                    if self._closed:
+                        engine.drop(engine.sequences)
+                        return
+                    try:
+                        joining, expired = self._take()
+                    except Exception:  # a bug here must not strand the waiting texts: fail them too
+                        joining, expired = list(self._queue), []
+                        self._queue.clear()
+                        raise
                 self._iterate(joining, expired, report)
             except Exception as exc:  # a failed graph call fails the texts it touched, never the thread
                 log.exception("%s: decoding step failed", self.name)
@@ -345,6 +353,9 @@ class DecodingScheduler:
         expired: list[Sequence] = []
         now = time.monotonic()
         rows = self.engine.rows
+        if rows and self._queue and len(self._queue) < self.settings.join_min and \
+                self.engine.steps - self._queue[0].tag.queued_step < self.settings.join_wait_steps:
+            return joining, expired  # a few arrivals wait a step or two for company (see DecodingSettings)
         while self._queue and len(joining) < self.settings.max_join:
             s = self._queue[0]
             req = s.tag.request
@@ -378,7 +389,7 @@ class DecodingScheduler:
         if joining:
             t = time.perf_counter()
             for s in joining:
-                s.tag.admitted_at = t
+                s.tag.admitted_at, s.tag.joined_step = t, engine.steps
             ended = engine.admit(joining)
             t = time.perf_counter()
             for s in joining:

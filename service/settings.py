@@ -47,6 +47,10 @@ class DecodingSettings(BaseModel):
     max_queue_items: int = Field(1024, ge=1, description="texts waiting to join the running batch; more are "
                                  "refused with 503 and a retry_after estimate")
     max_join: int = Field(32, ge=1, description="texts whose encoder pass runs together before the next step")
+    join_min: int = Field(4, ge=1, description="while rows are running, fewer waiting texts than this join only once "
+                          "the oldest has waited join_wait_steps decoder steps: fewer encoder passes, each about as "
+                          "costly as a decoder step (32 in-process clients, de-en quick: 9-12% more sentences/s)")
+    join_wait_steps: int = Field(2, ge=0, description="decoder steps a text may wait for join_min (0: join at once)")
 
 
 class RolloutSettings(BaseModel):

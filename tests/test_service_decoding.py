@@ -200,3 +200,24 @@ def test_close_answers_open_requests(served):
         return err.value
 
     assert asyncio.run(main()).status == 503
+
+
+def test_few_arrivals_wait_a_few_steps_for_company(served):
+    async def main():
+        sched = scheduler(served, join_min=3, join_wait_steps=4)
+        long = asyncio.ensure_future(sched.submit(ids(served, TEXTS[:1]), {"num_beams": 1, "max_new_tokens": 250}))
+        while sched.rows == 0:
+            await asyncio.sleep(0.001)
+        alone = sched.open_stream(ids(served, TEXTS[1:2]), {"num_beams": 1, "max_new_tokens": 5})
+        alone_events = [e async for e in alone]
+        trio = sched.open_stream(ids(served, TEXTS[2:5]), {"num_beams": 1, "max_new_tokens": 5})
+        trio_events = [e async for e in trio]
+        waited = [s.tag.joined_step - s.tag.queued_step for s in alone.request.seqs + trio.request.seqs]
+        long.cancel()
+        await sched.close()
+        return waited, alone_events[-1][1], trio_events[-1][1]
+
+    waited, alone, trio = asyncio.run(main())
+    assert waited[0] == 4  # one text alone waited join_wait_steps steps
+    assert max(waited[1:]) <= 1  # three texts (join_min) joined at the next step
+    assert [r["translation"] for r in alone + trio] == expected(served, TEXTS[1:5], 1, 5)
