@@ -399,6 +399,12 @@ def render(args, manifest, sentences, raw, runs, parity, beam, loads) -> str:
         r = many.p(50, True) / one.p(50, True)
         lines.append(f"- short sentences' p50 at 32 clients vs 1: {many.p(50, True):.1f} vs {one.p(50, True):.1f} ms: "
                      f"{check(r <= 3, r)} (<= 3x)")
+    batcher = {lv.clients: lv for lv in runs.get("request batcher fp32", [])}
+    for c in (16, 32, 64):
+        if c in at and c in batcher:
+            lines.append(f"- {c} clients, continuous vs request batcher (fp32): {at[c].sentences_s:,.1f} vs "
+                         f"{batcher[c].sentences_s:,.1f} sentences/s; short p50 {at[c].p(50, True):.1f} vs "
+                         f"{batcher[c].p(50, True):.1f} ms; p99 {at[c].p(99):.1f} vs {batcher[c].p(99):.1f} ms")
     lines.append(f"- greedy answers under the 32-client load equal to the batch decoder's (first {PARITY_SENTENCES} "
                  f"test sentences, text): {parity['equal']}/{parity['answered']}")
     if beam:
