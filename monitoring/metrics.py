@@ -60,7 +60,7 @@ from modelkit.profile import bin_indices
 log = logging.getLogger(__name__)
 
 NAMESPACE = "modelserve"
-ERROR_KINDS = ("validation", "model_failure", "overload", "not_found")
+ERROR_KINDS = ("validation", "model_failure", "overload", "not_found", "unauthorized", "rate_limited", "deadline")
 PROTOCOLS = ("json", "oip-rest", "oip-grpc")
 MODEL_STATUSES = ("loading", "ready", "failed")
 STAGES = ("queue_wait", "preprocess", "inference", "postprocess")
@@ -95,8 +95,8 @@ class ServiceMetrics:
                                           ["endpoint", "status", "protocol"], buckets=LATENCY_BUCKETS, **r)
         self.in_flight_requests = Gauge(name("requests_in_flight"), "Requests being handled, by endpoint and "
                                         "protocol.", ["endpoint", "protocol"], multiprocess_mode="livesum", **r)
-        self.errors = Counter(name("errors"), "Errors by endpoint, model, kind "
-                              "(validation, model_failure, overload, not_found) and protocol.",
+        self.errors = Counter(name("errors"), "Errors by endpoint, model, kind (validation, model_failure, "
+                              "overload, not_found, unauthorized, rate_limited, deadline) and protocol.",
                               ["endpoint", "model", "kind", "protocol"], **r)
         self.items = Counter(name("items"), "Items (rows) predicted, by model and version.",
                              ["model", "version"], **r)
@@ -183,7 +183,7 @@ class ServiceMetrics:
             self.request_finished(endpoint, protocol)
 
     def count_error(self, endpoint: str, model: str, kind: str, protocol: str = "json") -> None:
-        """One error of ``kind`` (validation, model_failure, overload, not_found)."""
+        """One error of ``kind`` (one of ``ERROR_KINDS``)."""
         if kind not in ERROR_KINDS:
             raise ValueError(f"error kind {kind!r} not in {ERROR_KINDS}")
         if protocol not in PROTOCOLS:

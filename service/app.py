@@ -17,6 +17,7 @@ BentoML provides the HTTP server, the workers, ``/livez``, ``/readyz`` and the O
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -28,6 +29,7 @@ import bentoml
 from .batcher import Traffic
 from .doors import oip_grpc
 from .front import Front
+from .guard import Guard
 from .http_app import api
 from .models import load_all
 from .settings import ServiceSettings
@@ -84,6 +86,7 @@ class ModelService:
         log.info("loading models from %s (provider=%s, variant=%s, %d worker(s), %d intra-op thread(s) each)",
                  SETTINGS.registry.resolve(), SETTINGS.provider, SETTINGS.variant, SETTINGS.workers,
                  SETTINGS.intra_op_threads())
+        self.guard = Guard(SETTINGS)  # before the models: a bad key file stops the worker at once
         traffic = Traffic()
         self.worker = Worker(SETTINGS, load_all(SETTINGS, traffic), traffic)
         self.grpc_server = None
@@ -97,15 +100,20 @@ class ModelService:
     @bentoml.on_startup
     async def start_grpc(self) -> None:
         if SETTINGS.grpc:
-            self.grpc_server = await oip_grpc.start_server(self.worker, SETTINGS.grpc_host, SETTINGS.grpc_port)
+            self.grpc_server = await oip_grpc.start_server(self.worker, self.guard, SETTINGS.grpc_host,
+                                                           SETTINGS.grpc_port)
+            self.guard.drain.on_stop(self.stop_grpc)
+        # after uvicorn installed its SIGTERM handler (before the app started): the drain wraps it
+        self.guard.drain.install(asyncio.get_running_loop())
 
     @bentoml.on_shutdown
     async def stop_grpc(self) -> None:
+        """No new RPCs; running ones get the drain timeout (called by the drain, and at shutdown)."""
         if self.grpc_server is not None:
-            await self.grpc_server.stop(grace=5)
+            await self.grpc_server.stop(grace=SETTINGS.drain.timeout_s)
 
-    def __is_ready__(self) -> bool:
-        return self.worker.ready
+    async def __is_ready__(self) -> bool:
+        return self.worker.ready and not self.guard.drain.draining
 
 
 def current_worker() -> Worker | None:
@@ -116,5 +124,13 @@ def current_worker() -> Worker | None:
         return None
 
 
+def current_guard() -> Guard | None:
+    """This process's guard (keys, rate limits, deadlines, drain), once the service instance exists."""
+    try:
+        return bentoml.get_current_service().guard
+    except Exception:
+        return None
+
+
 # outermost of our layers: every door's HTTP routes skip BentoML's request context and the mount
-ModelService.add_asgi_middleware(Front, worker_of=current_worker)
+ModelService.add_asgi_middleware(Front, worker_of=current_worker, guard_of=current_guard)

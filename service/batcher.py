@@ -11,6 +11,12 @@ handlers (waiting could not fill it). Items that arrive while a call runs form t
 batch, so under load batches grow by themselves. A tiny, fast call with nothing else queued
 or arriving runs on the event loop itself (``inline_max_ms``). If a merged call fails, every request
 in it is retried alone, so a failure reaches only the request that caused it.
+
+Admission: each model call's seconds per item are measured (per options, e.g. beam width), so the
+batcher knows how long its queue will take. A request whose deadline (``service.deadlines``)
+cannot be met is refused at once (``Overloaded`` with ``retry_after``: when the queue will have
+drained) instead of waiting to time out; a request whose deadline passes while it waits is
+answered ``DeadlineExceeded`` then, and its items are dropped before inference.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .deadlines import DeadlineExceeded, current_at
 from .settings import BatchSettings
 
 log = logging.getLogger("service.batcher")
@@ -35,7 +42,11 @@ PredictFn = Callable[[list[Any], dict[str, Any], list[float]], list[dict]]
 
 
 class Overloaded(Exception):
-    """The model's queue is full; the caller answers 503 with Retry-After."""
+    """The model's queue is full, or would not reach this request in time: 503 with Retry-After."""
+
+    def __init__(self, message: str, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Traffic:
@@ -60,6 +71,8 @@ class _Job:
     key: tuple
     future: asyncio.Future
     enqueued_at: float
+    deadline: float | None = None  # time.monotonic()
+    estimate_s: float = 0.0  # expected model time of its items
     results: list[dict] = field(default_factory=list)
 
 
@@ -74,6 +87,10 @@ class Batcher:
         self.max_queue_items = settings.max_queue_items
         self.inline_max_s = settings.inline_max_ms / 1000.0
         self._small_call_s = float("inf")  # moving average of small calls; unknown until one ran
+        self._item_s: dict[tuple, float] = {}  # moving average of model seconds per item, by options
+        self._item_s_any = 0.0  # the same over every options key (0: nothing measured yet)
+        self._queued_s = 0.0  # expected model time of the queued items
+        self._busy_until = 0.0  # when the running call is expected to end (time.monotonic())
         self._traffic = traffic or Traffic()
         self._pending: deque[_Job] = deque()
         self._queued_items = 0
@@ -86,25 +103,55 @@ class Batcher:
     def queued_items(self) -> int:
         return self._queued_items
 
+    def item_seconds(self, key: tuple) -> float:
+        """Expected model seconds per item for options ``key`` (0 until a call was measured)."""
+        return self._item_s.get(key, self._item_s_any)
+
+    def expected_wait(self, now: float) -> float:
+        """Seconds until the queued items will have been through the model."""
+        return max(0.0, self._busy_until - now) + self._queued_s
+
     async def submit(self, items: list[Any], options: dict[str, Any] | None = None) -> list[dict]:
-        """Results for ``items`` (already validated), in order; raises what the model raised."""
+        """Results for ``items`` (already validated), in order; raises what the model raised.
+
+        Reads the request's deadline (``service.deadlines.current``): ``Overloaded`` at once when the
+        queue would not reach these items in time, ``DeadlineExceeded`` when the deadline passes.
+        """
         if not items:
             return []
+        options = options or {}
+        key = tuple(sorted(options.items()))
+        now = time.monotonic()
+        deadline = current_at()
+        if deadline is not None and now >= deadline:
+            raise DeadlineExceeded(f"{self.name}: the request's deadline passed before it reached the model")
+        estimate = len(items) * self.item_seconds(key)
+        wait = self.expected_wait(now)
         if self._queued_items + len(items) > self.max_queue_items:
-            raise Overloaded(f"{self.name}: {self._queued_items} items queued, limit {self.max_queue_items}")
+            raise Overloaded(f"{self.name}: {self._queued_items} items queued, limit {self.max_queue_items}",
+                             retry_after=wait)
+        if deadline is not None and now + wait + estimate > deadline:
+            raise Overloaded(f"{self.name}: about {wait + estimate:.2f} s of work is ahead of this request, "
+                             f"its deadline is in {deadline - now:.2f} s", retry_after=wait)
         loop = asyncio.get_running_loop()
         self.loop = loop
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._run_forever(), name=f"batcher-{self.name}")
-        options = options or {}
-        job = _Job(list(items), options, tuple(sorted(options.items())), loop.create_future(), loop.time())
+        job = _Job(list(items), options, key, loop.create_future(), loop.time(), deadline, estimate)
         self._pending.append(job)
         self._queued_items += len(items)
+        self._queued_s += estimate
         self._traffic.parked += 1
         self._wake.set()
         try:
-            return await job.future
+            if deadline is None:
+                return await job.future
+            try:
+                return await asyncio.wait_for(job.future, deadline - time.monotonic())
+            except TimeoutError:  # wait_for cancelled the job: the batcher skips it
+                raise DeadlineExceeded(f"{self.name}: the request's deadline passed while it waited "
+                                       f"({len(self._pending)} requests queued)") from None
         finally:
             self._traffic.parked -= 1
 
@@ -153,21 +200,29 @@ class Batcher:
                 kept.append(job)
         self._pending = kept
         self._queued_items -= n
+        self._queued_s = max(0.0, self._queued_s - sum(j.estimate_s for j in taken)) if self._pending else 0.0
         return taken
 
     async def _run_jobs(self, jobs: list[_Job]) -> None:
         loop = asyncio.get_running_loop()
-        live = [j for j in jobs if not j.future.done()]  # a cancelled request needs no inference
+        now = time.monotonic()
+        for job in jobs:  # a request past its deadline needs no inference
+            if job.deadline is not None and job.deadline <= now and not job.future.done():
+                job.future.set_exception(DeadlineExceeded(f"{self.name}: the request's deadline passed in the queue"))
+        live = [j for j in jobs if not j.future.done()]  # a cancelled or expired request needs no inference
         if not live:
             return
         items = [it for j in live for it in j.items]
         waits = [loop.time() - j.enqueued_at for j in live]
+        key = live[0].key
+        self._busy_until = now + sum(j.estimate_s for j in live)
         try:
             if self._inline_ok(len(items)):
-                results = self._call(items, live[0].options, waits)
+                results = self._call(items, live[0].options, waits, key)
             else:
-                results = await loop.run_in_executor(self._executor, self._call, items, live[0].options, waits)
+                results = await loop.run_in_executor(self._executor, self._call, items, live[0].options, waits, key)
         except Exception as exc:
+            self._busy_until = 0.0
             if len(live) == 1:
                 live[0].future.set_exception(exc)
                 return
@@ -175,6 +230,7 @@ class Batcher:
             for job in live:
                 await self._run_jobs([job])
             return
+        self._busy_until = 0.0
         start = 0
         for job in live:
             part = results[start : start + len(job.items)]
@@ -195,14 +251,18 @@ class Batcher:
             and self._traffic.arriving() <= 0
         )
 
-    def _call(self, items: list[Any], options: dict[str, Any], waits: list[float]) -> list[dict]:
+    def _call(self, items: list[Any], options: dict[str, Any], waits: list[float], key: tuple = ()) -> list[dict]:
         """Model calls of at most max_batch_size items (in the model's thread, or inline when tiny)."""
         t0 = time.perf_counter()
         out = self._call_chunks(items, options, waits)
+        seconds = time.perf_counter() - t0
         if len(items) <= INLINE_MAX_ITEMS:
-            seconds = time.perf_counter() - t0
             previous = self._small_call_s
             self._small_call_s = seconds if previous == float("inf") else 0.8 * previous + 0.2 * seconds
+        per_item = seconds / len(items)
+        previous = self._item_s.get(key)
+        self._item_s[key] = per_item if previous is None else 0.8 * previous + 0.2 * per_item
+        self._item_s_any = per_item if not self._item_s_any else 0.8 * self._item_s_any + 0.2 * per_item
         return out
 
     def _call_chunks(self, items: list[Any], options: dict[str, Any], waits: list[float]) -> list[dict]:

@@ -16,7 +16,9 @@ import numpy as np
 
 from modelkit.runtimes import InputError
 
+from . import auth
 from .batcher import Overloaded
+from .deadlines import DeadlineExceeded
 from .errors import ServiceError
 from .models import ServedModel
 from .worker import Worker
@@ -55,17 +57,23 @@ async def predict(model: ServedModel, items: list[Any], options: dict[str, Any])
     try:
         return await model.batcher.submit(items, options)
     except Overloaded as exc:
-        raise ServiceError(503, str(exc), field=None, limit=model.batcher.max_queue_items, kind="overload") from None
+        raise ServiceError(503, str(exc), field=None, limit=model.batcher.max_queue_items, kind="overload",
+                           retry_after=exc.retry_after) from None
+    except DeadlineExceeded as exc:
+        raise ServiceError(504, str(exc), field="timeout", limit=None) from None
     except InputError as exc:  # a runtime refusing an item at predict time
         raise ServiceError(exc.status, str(exc), field=exc.field, limit=exc.limit) from None
     except Exception as exc:
         log.exception("model %s failed on a batch of %d items", model.name, len(items))
-        raise ServiceError(500, f"model {model.name} failed: {type(exc).__name__}: {exc}", field=None) from None
+        # the exception's text (file paths, library internals) stays in the server log
+        raise ServiceError(500, f"model {model.name} failed on this request ({type(exc).__name__}; see the server "
+                           "log)", field=None) from None
 
 
 async def infer(worker: Worker, model: ServedModel, items: Sequence[Any], given: Mapping[str, Any], *,
                 field: str) -> tuple[list[dict], dict[str, Any]]:
     """Results for ``items`` (named ``field`` in errors) with options ``given``; returns (results, options)."""
+    auth.check_model(model.name)  # a key limited to some models (service/auth.py)
     worker.check_count(len(items), field)
     spec = model.spec
     options = spec.resolve_options(model.manifest, given)

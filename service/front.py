@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import telemetry
+from . import auth, deadlines, telemetry
 from .doors import json_api, oip_rest
 from .errors import ServiceError
+from .guard import Guard
 from .worker import Worker
 
 log = logging.getLogger("service.front")
@@ -30,6 +31,7 @@ WORKER_KEY = "modelserve.worker"  # scope key: the worker, for handlers of the a
 # BentoML's own paths and the scrape: not client traffic
 UNCOUNTED = frozenset({"/metrics", "/livez", "/readyz", "/healthz", "/docs.json", "/", "/docs"})
 DOORS = {json_api.PROTOCOL: json_api.error_response, oip_rest.PROTOCOL: oip_rest.error_response}
+OPEN_ENDPOINTS = frozenset({"/v2/health/live", "/v2/health/ready"})  # door routes that are probes
 
 
 def match(method: str, path: str) -> tuple[str, str, Handler, dict[str, str]] | None:
@@ -45,31 +47,59 @@ def match(method: str, path: str) -> tuple[str, str, Handler, dict[str, str]] | 
     return None
 
 
+class BodyTooLarge(ServiceError):
+    def __init__(self, received: int, limit: int):
+        super().__init__(413, f"request body exceeds {limit} bytes (cut off after {received})", field="body",
+                         limit=limit, headers={"Connection": "close"})
+
+
+def limited(receive, limit: int):
+    """``receive`` that counts body bytes as they arrive and raises 413 once they pass ``limit``."""
+    received = 0
+
+    async def receive_limited():
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyTooLarge(received, limit)
+        return message
+
+    return receive_limited
+
+
 class Front:
     """ASGI middleware: the doors' routes, guarded and counted; the rest passes to ``app``.
 
-    ``worker_of()`` returns this process's ``Worker`` (None while the models are loading).
+    ``worker_of()`` / ``guard_of()`` return this process's ``Worker`` / ``Guard`` (None while the
+    models are loading).
     """
 
-    def __init__(self, app, worker_of: Callable[[], Worker | None]):
+    def __init__(self, app, worker_of: Callable[[], Worker | None], guard_of: Callable[[], Guard | None]):
         self.app = app
         self.worker_of = worker_of
+        self.guard_of = guard_of
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         worker = self.worker_of()
+        guard = self.guard_of()
         scope[WORKER_KEY] = worker
+        if guard is not None and guard.drain.draining:
+            send = _closing(send)
         found = match(scope["method"], scope["path"])
         if found is None:
             if scope["path"] in UNCOUNTED:
-                return await self.app(scope, receive, send)
-            return await self._counted(worker, json_api.PROTOCOL, "other", scope, receive, send, None, {})
+                refused = self._guard_other(guard, scope)
+                return await (refused or self.app)(scope, receive, send)
+            return await self._counted(worker, guard, json_api.PROTOCOL, "other", scope, receive, send, None, {})
         protocol, endpoint, handler, params = found
-        await self._counted(worker, protocol, endpoint, scope, receive, send, handler, params)
+        await self._counted(worker, guard, protocol, endpoint, scope, receive, send, handler, params)
 
-    async def _counted(self, worker: Worker | None, protocol: str, endpoint: str, scope, receive, send,
-                       handler: Handler | None, params: dict[str, str]) -> None:
+    async def _counted(self, worker: Worker | None, guard: Guard | None, protocol: str, endpoint: str, scope,
+                       receive, send, handler: Handler | None, params: dict[str, str]) -> None:
         t0 = time.perf_counter()
         status = 500
 
@@ -85,9 +115,13 @@ class Front:
         telemetry.request_started(protocol, endpoint)
         try:
             if handler is None:
-                await self.app(scope, receive, send_wrapper)
+                response = self._guard_other(guard, scope)
+                if response is None:
+                    await self.app(scope, receive, send_wrapper)
+                else:
+                    await response(scope, receive, send_wrapper)
             else:
-                response = await self._answer(worker, protocol, endpoint, scope, receive, handler, params)
+                response = await self._answer(worker, guard, protocol, endpoint, scope, receive, handler, params)
                 await response(scope, receive, send_wrapper)
         finally:
             if traffic is not None:
@@ -95,13 +129,30 @@ class Front:
             telemetry.request_finished(protocol, endpoint)
             telemetry.record_request(protocol, endpoint, status, time.perf_counter() - t0)
 
-    async def _answer(self, worker: Worker | None, protocol: str, endpoint: str, scope, receive, handler: Handler,
-                      params: dict[str, str]) -> Response:
-        request = Request(scope, receive)
+    @staticmethod
+    def _guard_other(guard: Guard | None, scope) -> Response | None:
+        """The key check for a path no door serves (the app below answers it, mostly 404): an error or None."""
+        if guard is None or guard.is_open(scope["path"]):
+            return None
         try:
-            if worker is None:
-                raise ServiceError(503, "service is still loading models", kind="overload")
-            precheck(worker, scope, protocol)
+            guard.admit(auth.http_headers(scope), _client(scope))
+        except ServiceError as err:
+            err.log(scope["method"], scope["path"])
+            return json_api.error_response(err)
+        return None
+
+    async def _answer(self, worker: Worker | None, guard: Guard | None, protocol: str, endpoint: str, scope,
+                      receive, handler: Handler, params: dict[str, str]) -> Response:
+        limit = worker.settings.max_request_bytes if worker is not None else 0
+        request = Request(scope, limited(receive, limit) if scope["method"] == "POST" else receive)
+        try:
+            if worker is None or guard is None:
+                raise ServiceError(503, "service is still loading models", kind="overload", retry_after=5)
+            if endpoint not in OPEN_ENDPOINTS:
+                headers = auth.http_headers(scope)
+                guard.admit(headers, _client(scope))
+                precheck(worker, scope, protocol)
+                guard.deadlines.start(endpoint, deadlines.from_headers(headers))
             return await handler(worker, request, **params)
         except ServiceError as err:
             return self._error(request, protocol, endpoint, err)
@@ -124,13 +175,31 @@ def precheck(worker: Worker, scope, protocol: str) -> None:
     length = headers.get(b"content-length")
     limit = worker.settings.max_request_bytes
     if length and length.isdigit() and int(length) > limit:
-        raise ServiceError(413, f"request body is {int(length)} bytes, limit {limit}", field="body", limit=limit)
+        raise ServiceError(413, f"request body is {int(length)} bytes, limit {limit}", field="body", limit=limit,
+                           headers={"Connection": "close"})
     accepted = json_api.CONTENT_TYPES.get(scope["path"]) if protocol == json_api.PROTOCOL else None
     if accepted:
         ctype = headers.get(b"content-type", b"").split(b";")[0].strip().decode("latin-1").lower()
         if ctype not in accepted:
             raise ServiceError(415, f"content type {ctype or 'missing'!r} not accepted; send "
                                f"{' or '.join(accepted)}", field="content-type", limit=list(accepted))
+
+
+def _client(scope) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+def _closing(send):
+    """``send`` that adds ``Connection: close`` to the response (uvicorn then closes the connection)."""
+
+    async def send_closing(message):
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return send_closing
 
 
 def worker_of(request: Request) -> Worker:

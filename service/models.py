@@ -13,6 +13,7 @@ from modelkit.runtimes import Runtime, create_runtime
 
 from . import telemetry
 from .batcher import Batcher, Traffic
+from .errors import public_text
 from .settings import ServiceSettings
 from .tasks import TaskSpec, spec_for
 
@@ -83,8 +84,8 @@ def load_one(settings: ServiceSettings, name: str, session_settings, traffic: Tr
         if settings.warmup:
             runtime.warmup()
     except Exception as exc:  # any bad file or manifest: this model fails, the others serve
-        reason = _one_line(exc)
-        log.error("model %s (version %s) FAILED to load: %s", name, version, reason)
+        log.error("model %s (version %s) FAILED to load: %s", name, version, _one_line(exc))
+        reason = public_text(_one_line(exc), root)  # clients see no server paths
         model = ServedModel(name=name, version=version, status="failed", reason=reason, manifest=manifest,
                             source=str(root / name / (version or "?")), load_seconds=time.perf_counter() - t0)
         telemetry.record_model(model)

@@ -34,6 +34,47 @@ class BatchSettings(BaseModel):
     )
 
 
+class AuthSettings(BaseModel):
+    """API keys (service/auth.py). Off by default; on, every door but the probes needs a key."""
+
+    enabled: bool = Field(False, description="require an API key (Authorization: Bearer or x-api-key)")
+    keys_file: Path | None = Field(None, description="JSON key file (sha256 hashes, scopes, models), e.g. a "
+                                   "mounted Secret; `python -m service.auth new` makes an entry")
+    keys: str | None = Field(None, description="the same JSON inline (e.g. SERVICE_AUTH__KEYS from a Secret)")
+    open_metrics: bool = Field(True, description="/metrics without a key (a Prometheus scrape inside the cluster)")
+    open_docs: bool = Field(True, description="the OpenAPI page (/, /docs.json) without a key")
+
+
+class RateLimitSettings(BaseModel):
+    """Token buckets per API key (per client address when auth is off), in requests per second, shared by
+    the workers of one ``bentoml serve`` (service/limits.py); each replica admits the full rate."""
+
+    rate: float = Field(0.0, ge=0, description="requests/s per key or client address; 0 = no limit")
+    burst: float = Field(0.0, ge=0, description="bucket size (requests at once); 0 = max(rate, 1)")
+    max_clients: int = Field(10_000, ge=8, description="bucket slots (32 bytes each); a full table reuses the "
+                             "slot idle longest")
+
+
+class DeadlineSettings(BaseModel):
+    """How long a request may take (service/deadlines.py): the client's timeout, else the endpoint's default."""
+
+    default_s: float = Field(10.0, gt=0, description="deadline of a request that names none")
+    endpoints: dict[str, float] = Field(
+        default_factory=lambda: {"/translate": 30.0},
+        description="per-endpoint defaults by endpoint label: /classify, /translate, /classify_image, "
+        "/v2/models/{name}/infer, ModelInfer (gRPC), ...",
+    )
+    max_s: float = Field(120.0, gt=0, description="longest deadline a client may ask for")
+
+
+class DrainSettings(BaseModel):
+    """What a worker does on SIGTERM (service/drain.py)."""
+
+    grace_s: float = Field(5.0, ge=0, description="readiness is 503 and requests are still served this long "
+                           "(load balancers stop sending) before the worker stops accepting")
+    timeout_s: float = Field(20.0, gt=0, description="then queued and in-flight requests get this long to finish")
+
+
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SERVICE_", env_nested_delimiter="__", extra="ignore")
 
@@ -79,6 +120,11 @@ class ServiceSettings(BaseSettings):
         "the modelserve_* metrics cover requests either way, and /metrics is served in both cases)",
     )
     request_timeout_s: float = Field(120.0, gt=0, description="BentoML request timeout")
+
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    deadlines: DeadlineSettings = Field(default_factory=DeadlineSettings)
+    drain: DrainSettings = Field(default_factory=DrainSettings)
 
     grpc: bool = Field(True, description="serve the Open Inference Protocol over gRPC too (every worker)")
     grpc_host: str = Field("0.0.0.0", description="address the gRPC door binds")

@@ -28,12 +28,13 @@ ENDPOINT_TASKS = endpoint_tasks()
 PROTOCOL = "json"
 
 
-def json_response(payload: dict, status: int = 200) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")), status_code=status, media_type="application/json")
+def json_response(payload: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(payload, separators=(",", ":")), status_code=status, media_type="application/json",
+                    headers=headers)
 
 
 def error_response(err: ServiceError) -> Response:
-    return json_response(err.body(), err.status)
+    return json_response(err.body(), err.status, err.http_headers())
 
 
 def validation_error(exc: ValidationError) -> ServiceError:
@@ -112,6 +113,8 @@ async def _read_multipart(worker: Worker, request: Request) -> _FormBody:
     limit = worker.settings.max_items_per_request
     try:
         form = await request.form(max_files=limit + 1, max_fields=16)
+    except ServiceError:  # the body grew past its size limit while being read
+        raise
     except Exception as exc:  # malformed multipart, too many parts
         if "too many files" in str(exc).lower():
             raise ServiceError(413, f"more than {limit} images in one request", field="images", limit=limit) from None

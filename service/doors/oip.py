@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import dataplane
+from .. import dataplane, deadlines
 from ..errors import ServiceError
 from ..models import ServedModel
 from ..worker import Worker
@@ -120,6 +120,7 @@ async def infer(worker: Worker, model: ServedModel, request: InferRequest) -> li
                                    limit=sorted(known))
     items, field = items_from(model, request.inputs)
     given = options_from(model, request.parameters)
+    deadlines.apply_parameters(request.parameters)
     results, _ = await dataplane.infer(worker, model, items, given, field=field)
     binary_default = bool(request.parameters.get("binary_data_output", False))
     return outputs_for(model, results, request.outputs, binary_default)

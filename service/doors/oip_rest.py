@@ -22,12 +22,13 @@ PROTOCOL = "oip-rest"
 HEADER_LENGTH = "inference-header-content-length"
 
 
-def json_response(payload: dict, status: int = 200) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")), status_code=status, media_type="application/json")
+def json_response(payload: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(payload, separators=(",", ":")), status_code=status, media_type="application/json",
+                    headers=headers)
 
 
 def error_response(err: ServiceError) -> Response:
-    return json_response({"error": err.message}, err.status)
+    return json_response({"error": err.message}, err.status, err.http_headers())
 
 
 async def live(worker: Worker, request: Request) -> Response:
