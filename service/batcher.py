@@ -36,6 +36,11 @@ from .settings import BatchSettings
 log = logging.getLogger("service.batcher")
 
 INLINE_MAX_ITEMS = 4
+# admission: the queue's expected time is stretched by this much (the model slows down while the event
+# loop answers a flood), and a cost measured this many seconds ago counts half (a flood's inflated
+# estimate would otherwise refuse everything and never be measured again)
+ESTIMATE_MARGIN = 1.2
+ESTIMATE_HALF_LIFE_S = 5.0
 
 # predict(items, options, queue_wait_seconds_per_request) -> one result per item
 PredictFn = Callable[[list[Any], dict[str, Any], list[float]], list[dict]]
@@ -89,6 +94,7 @@ class Batcher:
         self._small_call_s = float("inf")  # moving average of small calls; unknown until one ran
         self._item_s: dict[tuple, float] = {}  # moving average of model seconds per item, by options
         self._item_s_any = 0.0  # the same over every options key (0: nothing measured yet)
+        self._measured_at = 0.0  # when a call last ended (time.monotonic())
         self._queued_s = 0.0  # expected model time of the queued items
         self._busy_until = 0.0  # when the running call is expected to end (time.monotonic())
         self._traffic = traffic or Traffic()
@@ -103,36 +109,49 @@ class Batcher:
     def queued_items(self) -> int:
         return self._queued_items
 
-    def item_seconds(self, key: tuple) -> float:
-        """Expected model seconds per item for options ``key`` (0 until a call was measured)."""
-        return self._item_s.get(key, self._item_s_any)
+    def item_seconds(self, key: tuple, now: float | None = None) -> float:
+        """Expected model seconds per item for options ``key`` (0 until a call was measured), decaying
+        while no call is measured."""
+        running = self._busy_until != 0.0  # a call is running: its end will be the next measurement
+        age = 0.0 if running else (time.monotonic() if now is None else now) - self._measured_at
+        return self._item_s.get(key, self._item_s_any) * 0.5 ** (max(0.0, age) / ESTIMATE_HALF_LIFE_S)
 
     def expected_wait(self, now: float) -> float:
         """Seconds until the queued items will have been through the model."""
         return max(0.0, self._busy_until - now) + self._queued_s
 
-    async def submit(self, items: list[Any], options: dict[str, Any] | None = None) -> list[dict]:
-        """Results for ``items`` (already validated), in order; raises what the model raised.
+    def admit(self, n_items: int, options: dict[str, Any] | None = None) -> tuple[tuple, float | None, float]:
+        """Whether ``n_items`` with ``options`` may join the queue now: (options key, deadline, estimate).
 
-        Reads the request's deadline (``service.deadlines.current``): ``Overloaded`` at once when the
-        queue would not reach these items in time, ``DeadlineExceeded`` when the deadline passes.
+        Raises ``DeadlineExceeded`` when the request's deadline (``service.deadlines.current``) has passed,
+        ``Overloaded`` when the queue is full or would not reach these items before the deadline. Cheap:
+        the dataplane calls it before validating the items too, so a refusal costs no tokenization.
         """
-        if not items:
-            return []
-        options = options or {}
-        key = tuple(sorted(options.items()))
+        key = tuple(sorted((options or {}).items()))
         now = time.monotonic()
         deadline = current_at()
         if deadline is not None and now >= deadline:
             raise DeadlineExceeded(f"{self.name}: the request's deadline passed before it reached the model")
-        estimate = len(items) * self.item_seconds(key)
+        estimate = n_items * self.item_seconds(key, now)
         wait = self.expected_wait(now)
-        if self._queued_items + len(items) > self.max_queue_items:
+        if self._queued_items + n_items > self.max_queue_items:
             raise Overloaded(f"{self.name}: {self._queued_items} items queued, limit {self.max_queue_items}",
                              retry_after=wait)
-        if deadline is not None and now + wait + estimate > deadline:
+        if deadline is not None and now + ESTIMATE_MARGIN * (wait + estimate) > deadline:
             raise Overloaded(f"{self.name}: about {wait + estimate:.2f} s of work is ahead of this request, "
                              f"its deadline is in {deadline - now:.2f} s", retry_after=wait)
+        return key, deadline, estimate
+
+    async def submit(self, items: list[Any], options: dict[str, Any] | None = None) -> list[dict]:
+        """Results for ``items`` (already validated), in order; raises what the model raised.
+
+        Reads the request's deadline (``service.deadlines.current``): ``Overloaded`` at once when the
+        queue would not reach these items in time (``admit``), ``DeadlineExceeded`` when it passes.
+        """
+        if not items:
+            return []
+        options = options or {}
+        key, deadline, estimate = self.admit(len(items), options)
         loop = asyncio.get_running_loop()
         self.loop = loop
         if self._task is None or self._task.done():
@@ -263,6 +282,7 @@ class Batcher:
         previous = self._item_s.get(key)
         self._item_s[key] = per_item if previous is None else 0.8 * previous + 0.2 * per_item
         self._item_s_any = per_item if not self._item_s_any else 0.8 * self._item_s_any + 0.2 * per_item
+        self._measured_at = time.monotonic()
         return out
 
     def _call_chunks(self, items: list[Any], options: dict[str, Any], waits: list[float]) -> list[dict]:

@@ -52,15 +52,20 @@ def _payload_bytes(items: Sequence[Any]) -> int:
                for i in items)
 
 
+def _refusal(model: ServedModel, exc: Overloaded | DeadlineExceeded) -> ServiceError:
+    """503 + Retry-After for an overload, 504 for a deadline that passed."""
+    if isinstance(exc, DeadlineExceeded):
+        return ServiceError(504, str(exc), field="timeout", limit=None)
+    return ServiceError(503, str(exc), field=None, limit=model.batcher.max_queue_items, kind="overload",
+                        retry_after=exc.retry_after)
+
+
 async def predict(model: ServedModel, items: list[Any], options: dict[str, Any]) -> list[dict]:
     """Validated items through the model's batcher; 503 when its queue is full, 500 when it fails."""
     try:
         return await model.batcher.submit(items, options)
-    except Overloaded as exc:
-        raise ServiceError(503, str(exc), field=None, limit=model.batcher.max_queue_items, kind="overload",
-                           retry_after=exc.retry_after) from None
-    except DeadlineExceeded as exc:
-        raise ServiceError(504, str(exc), field="timeout", limit=None) from None
+    except (Overloaded, DeadlineExceeded) as exc:
+        raise _refusal(model, exc) from None
     except InputError as exc:  # a runtime refusing an item at predict time
         raise ServiceError(exc.status, str(exc), field=exc.field, limit=exc.limit) from None
     except Exception as exc:
@@ -77,8 +82,13 @@ async def infer(worker: Worker, model: ServedModel, items: Sequence[Any], given:
     worker.check_count(len(items), field)
     spec = model.spec
     options = spec.resolve_options(model.manifest, given)
+    runtime_options = spec.runtime_options(model.manifest, options)
+    try:  # refuse an overload before validating (tokenizing, decoding) the items; submit checks again
+        model.batcher.admit(len(items), runtime_options)
+    except (Overloaded, DeadlineExceeded) as exc:
+        raise _refusal(model, exc) from None
     if _payload_bytes(items) > OFFLOAD_VALIDATION_BYTES:
         valid = await anyio.to_thread.run_sync(validate_items, model, items, field)
     else:
         valid = validate_items(model, items, field)
-    return await predict(model, valid, spec.runtime_options(model.manifest, options)), options
+    return await predict(model, valid, runtime_options), options
