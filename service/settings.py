@@ -60,7 +60,7 @@ class DeadlineSettings(BaseModel):
 
     default_s: float = Field(10.0, gt=0, description="deadline of a request that names none")
     endpoints: dict[str, float] = Field(
-        default_factory=lambda: {"/translate": 30.0},
+        default_factory=lambda: {"/translate": 20.0},
         description="per-endpoint defaults by endpoint label: /classify, /translate, /classify_image, "
         "/v2/models/{name}/infer, ModelInfer (gRPC), ...",
     )
