@@ -153,6 +153,8 @@ class Front:
                 guard.admit(headers, _client(scope))
                 precheck(worker, scope, protocol)
                 guard.deadlines.start(endpoint, deadlines.from_headers(headers))
+            elif endpoint == "/v2/health/ready" and guard.drain.draining:
+                return oip_rest.json_response({"ready": False}, 400)  # the protocol's "not ready"
             return await handler(worker, request, **params)
         except ServiceError as err:
             return self._error(request, protocol, endpoint, err)

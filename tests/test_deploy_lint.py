@@ -141,6 +141,37 @@ def test_deployment_probes_resources_and_security(rendered):
         assert "nvidia.com/gpu" not in container["resources"]["limits"]
 
 
+def test_pod_is_locked_down_and_its_stop_matches_the_drain(rendered):
+    """Read-only root, no capabilities, seccomp RuntimeDefault, non-root, limits; preStop and the grace period
+    cover the service's drain (service/drain.py: SIGTERM -> grace_s serving -> timeout_s for requests in flight)."""
+    from service.settings import DrainSettings
+
+    _, docs, _ = rendered
+    pod = by_kind(docs)["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    ctx = container["securityContext"]
+    assert ctx["readOnlyRootFilesystem"] is True and ctx["allowPrivilegeEscalation"] is False
+    assert ctx["capabilities"] == {"drop": ["ALL"]} and ctx.get("privileged") is False
+    assert ctx["seccompProfile"] == {"type": "RuntimeDefault"} == pod["securityContext"]["seccompProfile"]
+    assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] == pod["securityContext"]["runAsUser"] != 0
+    assert pod["automountServiceAccountToken"] is False
+    limits = container["resources"]["limits"]
+    assert {"cpu", "memory", "ephemeral-storage"} <= limits.keys()
+    writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+    assert writable == {"/tmp", "/home/app/bentoml"}, writable  # everything else is the read-only image
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "/bin/sleep"
+    drain = DrainSettings()
+    needed = int(pre_stop[1]) + drain.grace_s + drain.timeout_s + 1  # + about a second to exit (measured)
+    assert needed <= pod["terminationGracePeriodSeconds"] <= needed + 10, (needed, pod["terminationGracePeriodSeconds"])
+
+
+def test_dockerfile_runs_as_a_numeric_non_root_user():
+    """Kubernetes' runAsNonRoot can only verify a numeric USER."""
+    users = [line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0", users
+
+
 def test_prometheusrule_is_generated_from_monitoring_rules(rendered, tmp_path):
     _, docs, _ = rendered
     rule = by_kind(docs)["PrometheusRule"]
