@@ -30,7 +30,7 @@ from .batcher import Traffic
 from .doors import oip_grpc
 from .front import Front
 from .guard import Guard
-from .http_app import api
+from .http_app import api, document_limits
 from .models import load_all
 from .settings import ServiceSettings
 from .worker import Worker
@@ -42,6 +42,7 @@ log = logging.getLogger("service")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SETTINGS = ServiceSettings()
 sys.setswitchinterval(SETTINGS.gil_switch_interval_ms / 1000.0)
+document_limits(SETTINGS.max_items_per_request)
 
 
 def _configure_logging() -> None:

@@ -11,6 +11,7 @@ Everything else (``/metrics``, the OpenAPI page, BentoML's probes) goes on to th
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from . import auth, deadlines, telemetry
-from .doors import json_api, oip_rest
+from .doors import json_api, oip, oip_rest
 from .errors import ServiceError
 from .guard import Guard
 from .worker import Worker
@@ -29,8 +30,12 @@ log = logging.getLogger("service.front")
 Handler = Callable[..., Awaitable[Response]]
 WORKER_KEY = "modelserve.worker"  # scope key: the worker, for handlers of the app below
 # BentoML's own paths and the scrape: not client traffic
-UNCOUNTED = frozenset({"/metrics", "/livez", "/readyz", "/healthz", "/docs.json", "/", "/docs"})
+UNCOUNTED = frozenset({"/metrics", "/livez", "/readyz", "/healthz", "/docs.json", "/", "/docs", "/openapi.json",
+                       "/schema.json"})
 DOORS = {json_api.PROTOCOL: json_api.error_response, oip_rest.PROTOCOL: oip_rest.error_response}
+PUBLIC_TITLE = "modelserve"
+PUBLIC_DESCRIPTION = ("Serves every model in the registry with onnxruntime: the task JSON API, and the Open Inference "
+                      "Protocol v2 over HTTP (/v2) and gRPC (inference.GRPCInferenceService).")
 OPEN_ENDPOINTS = frozenset({"/v2/health/live", "/v2/health/ready"})  # door routes that are probes
 
 
@@ -93,6 +98,8 @@ class Front:
         if found is None:
             if scope["path"] in UNCOUNTED:
                 refused = self._guard_other(guard, scope)
+                if refused is None and scope["path"] == "/docs.json":
+                    return await self.app(scope, receive, _public_docs(send))
                 return await (refused or self.app)(scope, receive, send)
             return await self._counted(worker, guard, json_api.PROTOCOL, "other", scope, receive, send, None, {})
         protocol, endpoint, handler, params = found
@@ -202,6 +209,36 @@ def _closing(send):
         await send(message)
 
     return send_closing
+
+
+def _public_docs(send):
+    """``send`` for BentoML's OpenAPI document that replaces its ``info`` (BentoML's README with its version
+    badge and contact) with this service's title and description: no library versions on a public page."""
+    start: dict | None = None
+    chunks: list[bytes] = []
+
+    async def send_docs(message):
+        nonlocal start
+        if message["type"] == "http.response.start":
+            start = message
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body = b"".join(chunks)
+        if start is not None and start["status"] == 200:
+            try:
+                doc = json.loads(body)
+                doc["info"] = {"title": PUBLIC_TITLE, "version": oip.server_version(), "description": PUBLIC_DESCRIPTION}
+                body = json.dumps(doc).encode()
+            except ValueError:
+                pass
+        headers = [(k, v) for k, v in (start or {}).get("headers", []) if k.lower() != b"content-length"]
+        await send({**(start or {"type": "http.response.start", "status": 500}),
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return send_docs
 
 
 def worker_of(request: Request) -> Worker:

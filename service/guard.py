@@ -17,7 +17,7 @@ from .settings import ServiceSettings
 # paths and RPCs open without a key: the probes
 OPEN_HTTP = frozenset({"/livez", "/readyz", "/healthz", "/v2/health/live", "/v2/health/ready"})
 OPEN_GRPC = frozenset({"ServerLive", "ServerReady"})
-DOCS = frozenset({"/", "/docs", "/docs.json"})
+DOCS = frozenset({"/", "/docs", "/docs.json", "/openapi.json", "/schema.json"})
 
 
 class Guard:
