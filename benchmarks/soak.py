@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -96,12 +97,14 @@ def spread(values: list[float]) -> float:
 
 
 def soak(registry: Path, model: str, *, minutes: float, clients: int, window: float, sample: float,
-         workers: int, workdir: Path) -> dict:
+         workers: int, workdir: Path, env: dict[str, str] | None = None) -> dict:
     path, body = request_for(registry, model)
     body_file = workdir / "body.json"
     body_file.write_text(json.dumps(body))
-    server = Server(registry, {"SERVICE_MODELS": json.dumps([model]), "SERVICE_WORKERS": str(workers)}, workdir)
+    server = Server(registry, {"SERVICE_MODELS": json.dumps([model]), "SERVICE_WORKERS": str(workers), **(env or {})},
+                    workdir)
     windows = []
+    load_before = os.getloadavg()[0]
     try:
         server.wait_ready()
         sampler = Sampler(server.proc.pid, sample)
@@ -120,7 +123,8 @@ def soak(registry: Path, model: str, *, minutes: float, clients: int, window: fl
     finally:
         server.stop()
     return {"model": model, "version": load_version(registry, model)[0].version, "path": path, "clients": clients,
-            "window_s": window, "minutes": minutes, "workers": workers, "windows": windows}
+            "window_s": window, "minutes": minutes, "workers": workers, "env": env or {}, "load_before": load_before,
+            "load_after": os.getloadavg()[0], "windows": windows}
 
 
 def verdict(report: dict, warmup: int) -> dict:
@@ -143,8 +147,9 @@ def markdown(report: dict, v: dict) -> str:
         f"- machine: {machine()}; {versions()}",
         f"- {report['clients']} wrk connections, one item per request to {report['path']} ({report['model']} "
         f"{report['version']}), {report['minutes']:g} min in {report['window_s']:g} s windows, {report['workers']} "
-        f"worker(s); measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average before "
-        f"{os.getloadavg()[0]:.1f} (other jobs share these cores)",
+        f"worker(s){''.join(f', {k}={v}' for k, v in report['env'].items())}; measured "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average {report['load_before']:.1f} before, "
+        f"{report['load_after']:.1f} after (other jobs share these cores)",
         f"- after {v['warmup_windows']} warm-up window(s): RSS spread {100 * v['rss_spread']:.1f}% "
         f"({flat(v['rss_spread'])}, limit 5%), descriptors spread {100 * v['fds_spread']:.1f}% "
         f"({flat(v['fds_spread'])}), p99 max/median {v['p99_max_over_median']:.2f}; {v['answers']:,} answers, "
@@ -168,12 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=float, default=2)
     parser.add_argument("--warmup", type=int, default=2, help="windows left out of the flatness figures")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="service setting (repeat)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server on the way out (finally)
     with tempfile.TemporaryDirectory() as tmp:
         report = soak(args.registry, args.model, minutes=args.minutes, clients=args.clients, window=args.window,
-                      sample=args.sample, workers=args.workers, workdir=Path(tmp))
+                      sample=args.sample, workers=args.workers, workdir=Path(tmp),
+                      env=dict(e.split("=", 1) for e in args.env))
     v = verdict(report, args.warmup)
     report["verdict"] = v
     text = markdown(report, v)
