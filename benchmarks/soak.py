@@ -129,9 +129,11 @@ def soak(registry: Path, model: str, *, minutes: float, clients: int, window: fl
 
 def verdict(report: dict, warmup: int) -> dict:
     steady = report["windows"][warmup:] or report["windows"]
+    second_half = report["windows"][len(report["windows"]) // 2:]
     p99s = [w["p99_ms"] for w in steady]
     return {
         "rss_spread": spread([w["rss_mb"] for w in steady]),
+        "rss_spread_second_half": spread([w["rss_mb"] for w in second_half]),
         "fds_spread": spread([w["fds"] for w in steady]),
         "p99_max_over_median": max(p99s) / statistics.median(p99s) if p99s else float("nan"),
         "errors": sum(w["non_200"] + w["socket_errors"] for w in report["windows"]),
@@ -151,7 +153,8 @@ def markdown(report: dict, v: dict) -> str:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average {report['load_before']:.1f} before, "
         f"{report['load_after']:.1f} after (other jobs share these cores)",
         f"- after {v['warmup_windows']} warm-up window(s): RSS spread {100 * v['rss_spread']:.1f}% "
-        f"({flat(v['rss_spread'])}, limit 5%), descriptors spread {100 * v['fds_spread']:.1f}% "
+        f"({flat(v['rss_spread'])}, limit 5%; second half of the run {100 * v['rss_spread_second_half']:.1f}%), "
+        f"descriptors spread {100 * v['fds_spread']:.1f}% "
         f"({flat(v['fds_spread'])}), p99 max/median {v['p99_max_over_median']:.2f}; {v['answers']:,} answers, "
         f"{v['errors']} errors", "",
         "| t (s) | requests/s | p50 ms | p99 ms | errors | RSS MB (all processes) | open fds |",

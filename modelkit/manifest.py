@@ -43,7 +43,7 @@ class GraphSpec(_Strict):
     variant: Variant
     path: str  # relative to the version folder
     opset: int
-    exporter: Literal["legacy", "dynamo"]
+    exporter: Literal["legacy", "dynamo", "imported"]  # "imported": brought by `python -m training import`
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
 

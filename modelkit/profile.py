@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.spatial.distance import jensenshannon
 
-from .manifest import Histogram
+from .manifest import Histogram, ReferenceProfile
 
 EPS = 1e-4  # floor for empty bins so PSI stays finite
 
@@ -89,3 +89,22 @@ def psi(reference: Sequence[float], live: Sequence[float]) -> float:
 def js_divergence(reference: Sequence[float], live: Sequence[float]) -> float:
     """Jensen-Shannon divergence (base 2, in [0, 1]) via scipy."""
     return float(jensenshannon(np.asarray(reference, float), np.asarray(live, float), base=2) ** 2)
+
+
+def profile_features(features: Sequence[dict], labels: Sequence[str], split: str) -> ReferenceProfile:
+    """Reference profile of a runtime's per-item ``features``: strings categorical, numbers numeric.
+
+    Categorical features use ``labels`` as categories when every value is one of them (so
+    classes never seen in the data still get a bin), else the values seen.
+    """
+    if not features:
+        raise ValueError("no features to profile")
+    hists = {}
+    for key in features[0]:
+        values = [f[key] for f in features]
+        if isinstance(values[0], str):
+            cats = list(labels) if set(values) <= set(labels) else sorted(set(values))
+            hists[key] = categorical_histogram(values, cats)
+        else:
+            hists[key] = numeric_histogram([float(v) for v in values])
+    return ReferenceProfile(split=split, n_samples=len(features), features=hists)

@@ -27,8 +27,16 @@ API (all label values are strings; ``model``/``version`` are the registry name a
 - ``set_model_info(model, version, task, provider, status, load_seconds=None, manifest=None)``:
   status in ``MODEL_STATUSES``; with a manifest, also exposes its reference fractions and creates
   every drift bin counter at 0 (so a bin never seen live still counts as empty).
+- ``enable_buffering(interval_s=0.5)``: hold counter increments and histogram observations in
+  memory and write them every ``interval_s`` (the service turns it on: one write per series per
+  flush instead of one per observation); ``exposition()`` writes this process's buffer first.
 - ``exposition()``: ``(body, content_type)`` of every process's metrics in the text format, for a
   ``/metrics`` route (all workers' series when ``PROMETHEUS_MULTIPROC_DIR`` is set).
+- ``observe_version_request(model, version, route, status, seconds)``: one request answered by one
+  version; route is primary, canary, pinned (the client named the version) or shadow (mirrored).
+- ``count_shadow(model, primary, candidate, agree, disagree)``: shadow items whose answers agreed or not.
+- ``count_shadow_skipped(model, candidate, items)``: items not mirrored (the candidate was backed up).
+- ``set_rollout(model, primary, candidate, mode, share)``: the model's rollout roles (rollout_info, share).
 - ``start_gpu_sampler(interval_s=5.0)``: samples GPU utilisation and memory through nvidia-ml-py
   in a daemon thread; returns False (and no GPU series exist) when no GPU is present. The first
   ``set_model_info`` call of a process starts it, so every serving worker exports GPU metrics.
@@ -46,6 +54,7 @@ import collections
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -62,7 +71,7 @@ log = logging.getLogger(__name__)
 NAMESPACE = "modelserve"
 ERROR_KINDS = ("validation", "model_failure", "overload", "not_found", "unauthorized", "rate_limited", "deadline")
 PROTOCOLS = ("json", "oip-rest", "oip-grpc")
-MODEL_STATUSES = ("loading", "ready", "failed")
+MODEL_STATUSES = ("loading", "ready", "failed", "unloaded")
 STAGES = ("queue_wait", "preprocess", "inference", "postprocess")
 INPUT_SIZE_KINDS = ("tokens", "pixels", "generated_tokens")
 OTHER_BIN = "(other)"
@@ -73,11 +82,68 @@ INPUT_SIZES_BY_TASK = {
     "translation": ("tokens", "generated_tokens"),
 }
 
+VERSION_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 SIZE_BUCKETS = tuple(4.0**k for k in range(13))  # 1 .. 16.7M: tokens and pixels alike
 CONFIDENCE_BUCKETS = tuple(round(0.05 * k, 2) for k in range(1, 21))  # 0.05 .. 1.0
+
+
+class _Buffer:
+    """Counter increments and histogram observations held in memory, written out by ``flush``.
+
+    In multiprocess mode every ``inc`` and ``observe`` of prometheus_client writes to an mmap'ed
+    file under a lock; a request touches 15-20 values, which cost the service about a tenth of its
+    CPU per request (benchmarks/RESULTS.md). Buffered, a flush writes each series once.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.adds: dict[Any, float] = {}
+        self.observations: dict[Any, list[float]] = {}
+
+    def add(self, child: Any, amount: float) -> None:
+        with self.lock:
+            self.adds[child] = self.adds.get(child, 0.0) + amount
+
+    def observe(self, child: Any, value: float) -> None:
+        with self.lock:
+            found = self.observations.get(child)
+            if found is None:
+                self.observations[child] = [value]
+            else:
+                found.append(value)
+
+    def observe_many(self, child: Any, values: Iterable[float]) -> None:
+        with self.lock:
+            self.observations.setdefault(child, []).extend(values)
+
+    def flush(self) -> None:
+        with self.lock:
+            adds, self.adds = self.adds, {}
+            observations, self.observations = self.observations, {}
+        for child, amount in adds.items():
+            if amount:
+                child.inc(amount)
+        for child, values in observations.items():
+            observe_many(child, values)
+
+
+def observe_many(child: Any, values: Sequence[float]) -> None:
+    """What ``child.observe(v)`` for each value does, with one write per bucket touched.
+
+    Uses the histogram child's ``_sum``, ``_buckets`` (per-bucket, not cumulative) and
+    ``_upper_bounds``, as ``Histogram.observe`` of prometheus-client 0.26 does (pinned;
+    tests/test_monitoring_metrics.py checks the two give the same samples).
+    """
+    v = np.asarray(values, dtype=float)
+    bounds = child._upper_bounds
+    child._sum.inc(float(v.sum()))
+    index = np.searchsorted(np.asarray(bounds), v, side="left")  # the first bound >= the value
+    counts = np.bincount(index[index < len(bounds)], minlength=len(bounds))  # NaN: no bucket, like observe()
+    for i in np.flatnonzero(counts):
+        child._buckets[i].inc(int(counts[i]))
 
 
 class ServiceMetrics:
@@ -129,6 +195,23 @@ class ServiceMetrics:
                                 ["model", "version", "task", "provider", "status"], multiprocess_mode="max", **r)
         self.load_duration = Gauge(name("model_load_duration_seconds"), "Seconds the last load of a "
                                    "model version took.", ["model", "version"], multiprocess_mode="max", **r)
+        self.version_requests = Counter(name("version_requests"), "Requests answered by each model version, by route "
+                                        "(primary, canary, pinned: asked for by version, shadow: mirrored) and "
+                                        "status.", ["model", "version", "route", "status"], **r)
+        self.version_request_duration = Histogram(name("version_request_duration_seconds"),
+                                                  "Time each model version took to answer a request (validation, "
+                                                  "queue, inference), by route.", ["model", "version", "route"],
+                                                  buckets=VERSION_LATENCY_BUCKETS, **r)
+        self.shadow_comparisons = Counter(name("shadow_comparisons"), "Items answered by both the primary and a "
+                                          "shadow candidate, by whether the answers agree (same top label, label "
+                                          "set or translation).", ["model", "primary", "candidate", "agreement"], **r)
+        self.shadow_skipped = Counter(name("shadow_skipped_items"), "Items not mirrored to a shadow candidate because "
+                                      "it already had a full batch waiting.", ["model", "candidate"], **r)
+        self.rollout_info = Gauge(name("rollout_info"), "1 for each served version's rollout role (primary, or "
+                                  "candidate with mode canary or shadow).", ["model", "version", "role", "mode"],
+                                  multiprocess_mode="max", **r)
+        self.rollout_share = Gauge(name("rollout_share"), "Share of requests routed (canary) or mirrored (shadow) to "
+                                   "the candidate; 0 without a rollout.", ["model"], multiprocess_mode="max", **r)
         self.gpu_utilization = Gauge(name("gpu_utilization_ratio"), "GPU busy fraction (0-1) over the "
                                      "last NVML sample period.", ["gpu"], multiprocess_mode="mostrecent", **r)
         self.gpu_memory_used = Gauge(name("gpu_memory_used_bytes"), "GPU memory in use.", ["gpu"],
@@ -139,10 +222,67 @@ class ServiceMetrics:
         self._request_children: dict[tuple[str, int | str, str], tuple[Any, Any]] = {}
         self._in_flight_children: dict[tuple[str, str], Any] = {}
         self._status: dict[tuple[str, str], tuple[str, str, str]] = {}
+        self._rollouts: dict[str, set[tuple[str, str, str]]] = {}
         self._profiles: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
+        self._buffer: _Buffer | None = None
+        self._flusher: threading.Thread | None = None
+        self._children: dict[tuple, Any] = {}
         self._gpu_thread: threading.Thread | None = None
         self._gpu_tried = False
+
+    # --- buffering ------------------------------------------------------------------------
+    def enable_buffering(self, interval_s: float = 0.5) -> None:
+        """Hold increments and observations in memory; a daemon thread writes them every ``interval_s``
+        (and ``exposition`` writes this process's first). Scrapes see other workers' values at most
+        ``interval_s`` late."""
+        with self._lock:
+            if self._buffer is not None:
+                return
+            self._buffer = _Buffer()
+            buffer = self._buffer
+
+            def loop() -> None:
+                while True:
+                    time.sleep(interval_s)
+                    try:
+                        buffer.flush()
+                    except Exception:  # keep flushing: one bad value must not stop the metrics
+                        log.exception("metrics flush failed")
+
+            self._flusher = threading.Thread(target=loop, name="metrics-flush", daemon=True)
+            self._flusher.start()
+
+    def flush(self) -> None:
+        if self._buffer is not None:
+            self._buffer.flush()
+
+    def _add(self, child: Any, amount: float = 1.0) -> None:
+        if self._buffer is not None:
+            self._buffer.add(child, amount)
+        else:
+            child.inc(amount)
+
+    def _observe(self, child: Any, value: float) -> None:
+        if self._buffer is not None:
+            self._buffer.observe(child, value)
+        else:
+            child.observe(value)
+
+    def _observe_all(self, child: Any, values: Iterable[float]) -> None:
+        if self._buffer is not None:
+            self._buffer.observe_many(child, values)
+        else:
+            for v in values:
+                child.observe(v)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once (labels() costs as much as the update)."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # --- requests -------------------------------------------------------------------------
     def observe_request(self, endpoint: str, status: int | str, seconds: float, protocol: str = "json") -> None:
@@ -155,15 +295,15 @@ class ServiceMetrics:
             labels = (endpoint, str(status), protocol)
             children = self.requests.labels(*labels), self.request_duration.labels(*labels)
             self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self._add(children[0])
+        self._observe(children[1], seconds)
 
     def request_started(self, endpoint: str, protocol: str = "json") -> None:
         """A request entered the handlers (pair with ``request_finished``)."""
-        self._in_flight(endpoint, protocol).inc()
+        self._add(self._in_flight(endpoint, protocol), 1.0)
 
     def request_finished(self, endpoint: str, protocol: str = "json") -> None:
-        self._in_flight(endpoint, protocol).dec()
+        self._add(self._in_flight(endpoint, protocol), -1.0)
 
     def _in_flight(self, endpoint: str, protocol: str):
         child = self._in_flight_children.get((endpoint, protocol))
@@ -188,36 +328,32 @@ class ServiceMetrics:
             raise ValueError(f"error kind {kind!r} not in {ERROR_KINDS}")
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol {protocol!r} not in {PROTOCOLS}")
-        self.errors.labels(endpoint, model, kind, protocol).inc()
+        self._add(self._child(self.errors, endpoint, model, kind, protocol))
 
     # --- model calls ----------------------------------------------------------------------
     def observe_batch(self, model: str, version: str, rows: int, timings: Mapping[str, float],
                       queue_wait_seconds: float | Sequence[float] | None = None) -> None:
         """One model call of ``rows`` items with its stage timings (seconds)."""
-        self.batches.labels(model, version).inc()
-        self.batch_size.labels(model, version).observe(rows)
+        self._add(self._child(self.batches, model, version))
+        self._observe(self._child(self.batch_size, model, version), rows)
         for stage, seconds in timings.items():
             if stage not in STAGES:
                 raise ValueError(f"stage {stage!r} not in {STAGES}")
-            self.stage_duration.labels(model, version, stage).observe(seconds)
+            self._observe(self._child(self.stage_duration, model, version, stage), seconds)
         if queue_wait_seconds is not None:
             waits = [queue_wait_seconds] if isinstance(queue_wait_seconds, (int, float)) else queue_wait_seconds
-            child = self.stage_duration.labels(model, version, "queue_wait")
-            for w in waits:
-                child.observe(w)
+            self._observe_all(self._child(self.stage_duration, model, version, "queue_wait"), waits)
 
     def count_items(self, model: str, version: str, n: int) -> None:
         """``n`` items predicted."""
-        self.items.labels(model, version).inc(n)
+        self._add(self._child(self.items, model, version), n)
 
     def observe_inputs(self, model: str, version: str, sizes: Mapping[str, Iterable[float]]) -> None:
         """Per-item input sizes by kind (tokens, pixels, generated_tokens)."""
         for kind, values in sizes.items():
             if kind not in INPUT_SIZE_KINDS:
                 raise ValueError(f"input size kind {kind!r} not in {INPUT_SIZE_KINDS}")
-            child = self.input_size.labels(model, version, kind)
-            for v in values:
-                child.observe(v)
+            self._observe_all(self._child(self.input_size, model, version, kind), values)
 
     # --- predictions and drift ------------------------------------------------------------
     def observe_predictions(self, model: str, version: str, manifest: Manifest,
@@ -227,11 +363,9 @@ class ServiceMetrics:
         """Count predicted classes, top confidences and the drift bins of every profiled feature."""
         if labels_per_item is not None:
             for label, n in collections.Counter(str(lab) for labels in labels_per_item for lab in labels).items():
-                self.predictions.labels(model, version, label).inc(n)
+                self._add(self._child(self.predictions, model, version, label), n)
         if top_confidences is not None:
-            child = self.confidence.labels(model, version)
-            for c in top_confidences:
-                child.observe(c)
+            self._observe_all(self._child(self.confidence, model, version), top_confidences)
         profile = self._profile(model, version, manifest)
         for feature, spec in profile.items():
             present = [f[feature] for f in features_per_item if f.get(feature) is not None]
@@ -243,12 +377,12 @@ class ServiceMetrics:
                 counts = np.bincount(bin_indices(finite, spec["edges"]), minlength=spec["n"])
                 for b, c in enumerate(counts):
                     if c:
-                        spec["children"][b].inc(int(c))
+                        self._add(spec["children"][b], int(c))
             else:
                 for value in present:
-                    spec["children"][spec["index"].get(str(value), OTHER_BIN)].inc()
+                    self._add(spec["children"][spec["index"].get(str(value), OTHER_BIN)])
             if missing:
-                self.drift_missing.labels(model, version, feature).inc(missing)
+                self._add(self._child(self.drift_missing, model, version, feature), missing)
 
     def _profile(self, model: str, version: str, manifest: Manifest) -> dict[str, Any]:
         key = (model, version)
@@ -313,6 +447,45 @@ class ServiceMetrics:
         if manifest is not None:
             self._profile(model, version, manifest)
 
+    # --- versions and rollouts -------------------------------------------------------------
+    def observe_version_request(self, model: str, version: str, route: str, status: int | str, seconds: float) -> None:
+        """One request answered by one version."""
+        self._add(self._child(self.version_requests, model, version, route, str(status)))
+        self._observe(self._child(self.version_request_duration, model, version, route), seconds)
+
+    def count_shadow(self, model: str, primary: str, candidate: str, agree: int, disagree: int) -> None:
+        if agree:
+            self._add(self._child(self.shadow_comparisons, model, primary, candidate, "agree"), agree)
+        if disagree:
+            self._add(self._child(self.shadow_comparisons, model, primary, candidate, "disagree"), disagree)
+
+    def count_shadow_skipped(self, model: str, candidate: str, items: int) -> None:
+        self._add(self._child(self.shadow_skipped, model, candidate), items)
+
+    def set_rollout(self, model: str, primary: str | None, candidate: str | None, mode: str | None,
+                    share: float) -> None:
+        """The model's current roles; roles no longer held drop to 0 (multiprocess gauges cannot be removed)."""
+        now = set()
+        if primary:
+            now.add((primary, "primary", "none"))
+        if candidate:
+            now.add((candidate, "candidate", mode or "canary"))
+        with self._lock:
+            for labels in self._rollouts.get(model, set()) - now:
+                self.rollout_info.labels(model, *labels).set(0)
+            self._rollouts[model] = now
+        for labels in now:
+            self.rollout_info.labels(model, *labels).set(1)
+        self.rollout_share.labels(model).set(share if candidate else 0.0)
+        # the series a rollout will write, at 0 before its first request, so rate() sees every increment
+        for version, route in ((primary, "primary"), (candidate, mode)):
+            if version and route:
+                self.version_requests.labels(model, version, route, "200")
+                self.version_request_duration.labels(model, version, route)
+        if candidate and primary and mode == "shadow":
+            for agreement in ("agree", "disagree"):
+                self.shadow_comparisons.labels(model, primary, candidate, agreement)
+
     # --- GPU ------------------------------------------------------------------------------
     def sample_gpu(self) -> bool:
         """Read utilisation and memory of every GPU once; False when NVML or a GPU is missing."""
@@ -373,6 +546,12 @@ METRIC_NAMES = (
     "modelserve_drift_reference_fraction",
     "modelserve_model_info",
     "modelserve_model_load_duration_seconds",
+    "modelserve_version_requests_total",
+    "modelserve_version_request_duration_seconds",
+    "modelserve_shadow_comparisons_total",
+    "modelserve_shadow_skipped_items_total",
+    "modelserve_rollout_info",
+    "modelserve_rollout_share",
     "modelserve_gpu_utilization_ratio",
     "modelserve_gpu_memory_used_bytes",
     "modelserve_gpu_memory_total_bytes",
@@ -385,6 +564,8 @@ _default_lock = threading.Lock()
 def default_metrics() -> ServiceMetrics:
     """The process-wide instance registered in prometheus_client's default registry."""
     global _default
+    if _default is not None:  # every recording call comes here: no lock once it exists
+        return _default
     with _default_lock:
         if _default is None:
             _default = ServiceMetrics()
@@ -440,9 +621,29 @@ def start_gpu_sampler(interval_s: float = 5.0) -> bool:
     return default_metrics().start_gpu_sampler(interval_s)
 
 
+def observe_version_request(model: str, version: str, route: str, status: int | str, seconds: float) -> None:
+    default_metrics().observe_version_request(model, version, route, status, seconds)
+
+
+def count_shadow(model: str, primary: str, candidate: str, agree: int, disagree: int) -> None:
+    default_metrics().count_shadow(model, primary, candidate, agree, disagree)
+
+
+def set_rollout(model: str, primary: str | None, candidate: str | None, mode: str | None, share: float) -> None:
+    default_metrics().set_rollout(model, primary, candidate, mode, share)
+
+
+def count_shadow_skipped(model: str, candidate: str, items: int) -> None:
+    default_metrics().count_shadow_skipped(model, candidate, items)
+
+
+def enable_buffering(interval_s: float = 0.5) -> None:
+    default_metrics().enable_buffering(interval_s)
+
+
 def exposition() -> tuple[bytes, str]:
     """Every worker's metrics (multiprocess mode) or this process's, in Prometheus text format."""
-    default_metrics()
+    default_metrics().flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
@@ -453,7 +654,7 @@ def exposition() -> tuple[bytes, str]:
 
 __all__ = [
     "ERROR_KINDS", "INPUT_SIZE_KINDS", "METRIC_NAMES", "MODEL_STATUSES", "PROTOCOLS", "STAGES", "ServiceMetrics",
-    "count_error", "count_items", "default_metrics", "exposition", "in_flight", "observe_batch", "observe_inputs",
-    "observe_predictions", "observe_request", "request_finished", "request_started", "set_model_info",
-    "start_gpu_sampler",
+    "count_error", "count_items", "default_metrics", "enable_buffering", "exposition", "in_flight", "observe_batch",
+    "observe_inputs", "observe_predictions", "observe_request", "request_finished", "request_started",
+    "set_model_info", "start_gpu_sampler",
 ]

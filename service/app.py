@@ -26,12 +26,11 @@ import time
 
 import bentoml
 
-from .batcher import Traffic
+from . import telemetry
 from .doors import oip_grpc
 from .front import Front
 from .guard import Guard
 from .http_app import api, document_limits
-from .models import load_all
 from .settings import ServiceSettings
 from .worker import Worker
 
@@ -88,30 +87,36 @@ class ModelService:
                  SETTINGS.registry.resolve(), SETTINGS.provider, SETTINGS.variant, SETTINGS.workers,
                  SETTINGS.intra_op_threads())
         self.guard = Guard(SETTINGS)  # before the models: a bad key file stops the worker at once
-        traffic = Traffic()
-        self.worker = Worker(SETTINGS, load_all(SETTINGS, traffic), traffic)
+        telemetry.enable_buffering(SETTINGS.metrics_flush_s)
+        self.worker = Worker.start(SETTINGS)
         self.grpc_server = None
         _settle_garbage_collector(SETTINGS.gc_thresholds)
         models = self.worker.models
-        ready = [n for n, m in models.items() if m.status == "ready"]
-        failed = {n: m.reason for n, m in models.items() if m.status != "ready"}
+        ready = [n for n, e in models.items() if e.ready]
+        failed = {n: e.current.reason for n, e in models.items() if not e.ready and e.current is not None}
         log.info("ready in %.2f s: %d model(s) serving %s; %d failed %s", time.perf_counter() - t0, len(ready), ready,
                  len(failed), failed or "")
 
     @bentoml.on_startup
-    async def start_grpc(self) -> None:
+    async def start_background(self) -> None:
+        """On the worker's event loop: the gRPC door and the registry watch."""
         if SETTINGS.grpc:
             self.grpc_server = await oip_grpc.start_server(self.worker, self.guard, SETTINGS.grpc_host,
                                                            SETTINGS.grpc_port)
             self.guard.drain.on_stop(self.stop_grpc)
+        self.worker.lifecycle.start()
         # after uvicorn installed its SIGTERM handler (before the app started): the drain wraps it
         self.guard.drain.install(asyncio.get_running_loop())
 
-    @bentoml.on_shutdown
     async def stop_grpc(self) -> None:
-        """No new RPCs; running ones get the drain timeout (called by the drain, and at shutdown)."""
+        """No new RPCs; running ones get the shutdown timeout (called by the drain, and at shutdown)."""
         if self.grpc_server is not None:
-            await self.grpc_server.stop(grace=SETTINGS.drain.timeout_s)
+            await self.grpc_server.stop(grace=SETTINGS.shutdown.timeout_s)
+
+    @bentoml.on_shutdown
+    async def stop_background(self) -> None:
+        await self.worker.lifecycle.stop()
+        await self.stop_grpc()
 
     async def __is_ready__(self) -> bool:
         return self.worker.ready and not self.guard.drain.draining

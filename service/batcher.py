@@ -100,6 +100,7 @@ class Batcher:
         self._traffic = traffic or Traffic()
         self._pending: deque[_Job] = deque()
         self._queued_items = 0
+        self._busy = False  # a model call (or its bookkeeping) is running
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # the event loop serving this model (set on first submit)
@@ -193,6 +194,7 @@ class Batcher:
                 except TimeoutError:
                     break
             jobs = self._take(first.key)
+            self._busy = True
             try:
                 await self._run_jobs(jobs)
             except Exception:  # never let the loop die: every job must get an answer
@@ -200,6 +202,8 @@ class Batcher:
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(RuntimeError(f"{self.name}: internal batching error"))
+            finally:
+                self._busy = False
 
     def _items_with_key(self, key: tuple) -> int:
         return sum(len(j.items) for j in self._pending if j.key == key)
@@ -294,6 +298,11 @@ class Batcher:
                 raise RuntimeError(f"{self.name}: model returned {len(results)} results for {len(chunk)} items")
             out.extend(results)
         return out
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no model call running."""
+        return not self._pending and not self._busy
 
     async def close(self) -> None:
         if self._task is not None:

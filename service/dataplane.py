@@ -8,6 +8,7 @@ the errors) happens here, once, whatever the protocol.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,12 +17,12 @@ import numpy as np
 
 from modelkit.runtimes import InputError
 
-from . import auth
+from . import auth, shadow, telemetry
 from .batcher import Overloaded
 from .deadlines import DeadlineExceeded
 from .errors import ServiceError
 from .models import ServedModel
-from .worker import Worker
+from .worker import Route, Worker
 
 log = logging.getLogger("service.dataplane")
 
@@ -75,14 +76,38 @@ async def predict(model: ServedModel, items: list[Any], options: dict[str, Any])
                            "log)", field=None) from None
 
 
-async def infer(worker: Worker, model: ServedModel, items: Sequence[Any], given: Mapping[str, Any], *,
+async def infer(worker: Worker, route: Route, items: Sequence[Any], given: Mapping[str, Any], *,
                 field: str) -> tuple[list[dict], dict[str, Any]]:
-    """Results for ``items`` (named ``field`` in errors) with options ``given``; returns (results, options)."""
+    """Results for ``items`` (named ``field`` in errors) with options ``given``; returns (results, options).
+
+    The version's in-flight count covers the whole call, so a replaced version is freed only once
+    its requests are answered. A shadow candidate gets the same items after the answer is ready.
+    """
+    model = route.model
     auth.check_model(model.name)  # a key limited to some models (service/auth.py)
-    worker.check_count(len(items), field)
-    spec = model.spec
-    options = spec.resolve_options(model.manifest, given)
-    runtime_options = spec.runtime_options(model.manifest, options)
+    model.in_flight += 1
+    t0 = time.perf_counter()
+    status = 500
+    try:
+        worker.check_count(len(items), field)
+        spec = model.spec
+        options = spec.resolve_options(model.manifest, given)
+        results = await _validated_predict(model, items, options, field)
+        status = 200
+    except ServiceError as err:
+        status = err.status
+        raise
+    finally:
+        model.in_flight -= 1
+        telemetry.record_version_request(model, route.via, status, time.perf_counter() - t0)
+    if route.shadow is not None:
+        shadow.mirror(route, list(items), options, results, field)
+    return results, options
+
+
+async def _validated_predict(model: ServedModel, items: Sequence[Any], options: dict[str, Any],
+                             field: str) -> list[dict]:
+    runtime_options = model.spec.runtime_options(model.manifest, options)
     try:  # refuse an overload before validating (tokenizing, decoding) the items; submit checks again
         model.batcher.admit(len(items), runtime_options)
     except (Overloaded, DeadlineExceeded) as exc:
@@ -91,4 +116,4 @@ async def infer(worker: Worker, model: ServedModel, items: Sequence[Any], given:
         valid = await anyio.to_thread.run_sync(validate_items, model, items, field)
     else:
         valid = validate_items(model, items, field)
-    return await predict(model, valid, runtime_options), options
+    return await predict(model, valid, runtime_options)

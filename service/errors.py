@@ -96,7 +96,7 @@ class ServiceError(Exception):
                 self.message)
 
 
-_ABSOLUTE_DIRS = re.compile(r"(?<![\w.~-])/(?:[^/\s'\"()\[\]:,]+/)+")
+_ABSOLUTE_DIRS = re.compile(r"(?<![\w.~<>-])/(?:[^/\s'\"()\[\]:,<>]+/)+")
 
 
 def public_text(text: str, root: str | Path | None = None) -> str:

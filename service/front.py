@@ -36,6 +36,7 @@ DOORS = {json_api.PROTOCOL: json_api.error_response, oip_rest.PROTOCOL: oip_rest
 PUBLIC_TITLE = "modelserve"
 PUBLIC_DESCRIPTION = ("Serves every model in the registry with onnxruntime: the task JSON API, and the Open Inference "
                       "Protocol v2 over HTTP (/v2) and gRPC (inference.GRPCInferenceService).")
+ADMIN_PREFIX = "/v2/repository/"  # the repository API: keys with the admin scope (when auth is on)
 OPEN_ENDPOINTS = frozenset({"/v2/health/live", "/v2/health/ready"})  # door routes that are probes
 
 
@@ -96,6 +97,8 @@ class Front:
             send = _closing(send)
         found = match(scope["method"], scope["path"])
         if found is None:
+            if scope["path"] == "/metrics":  # whoever answers the scrape (the app or BentoML) reads the files
+                telemetry.flush()
             if scope["path"] in UNCOUNTED:
                 refused = self._guard_other(guard, scope)
                 if refused is None and scope["path"] == "/docs.json":
@@ -157,7 +160,7 @@ class Front:
                 raise ServiceError(503, "service is still loading models", kind="overload", retry_after=5)
             if endpoint not in OPEN_ENDPOINTS:
                 headers = auth.http_headers(scope)
-                guard.admit(headers, _client(scope))
+                guard.admit(headers, _client(scope), "admin" if endpoint.startswith(ADMIN_PREFIX) else "infer")
                 precheck(worker, scope, protocol)
                 guard.deadlines.start(endpoint, deadlines.from_headers(headers))
             elif endpoint == "/v2/health/ready" and guard.drain.draining:

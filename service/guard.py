@@ -27,7 +27,7 @@ class Guard:
         self.open_docs = settings.auth.open_docs
         self.limits = RateLimiter.from_settings(settings.rate_limit)
         self.deadlines = Deadlines(settings.deadlines)
-        self.drain = Drain.from_settings(settings.drain)
+        self.drain = Drain.from_settings(settings.shutdown)
 
     def is_open(self, path: str) -> bool:
         """An HTTP path any caller may reach without a key (and without counting against a rate limit)."""

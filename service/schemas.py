@@ -18,8 +18,13 @@ class _Body(BaseModel):
 # ---- requests -------------------------------------------------------------------------------
 
 
+VERSION_FIELD = Field(None, description="a version of the model that the service has loaded (default: the primary, "
+                      "or the canary candidate for a share of request ids)", examples=[None])
+
+
 class ClassifyRequest(_Body):
     model: str = Field(description="registered model name (see GET /models)", examples=["sentiment"])
+    version: str | None = VERSION_FIELD
     texts: list[str] = Field(
         min_length=1,
         description="texts to classify; at most SERVICE_MAX_ITEMS_PER_REQUEST (413 beyond), "
@@ -38,6 +43,7 @@ class ClassifyRequest(_Body):
 
 class TranslateRequest(_Body):
     model: str = Field(description="registered translation model name", examples=["de-en"])
+    version: str | None = VERSION_FIELD
     texts: list[str] = Field(min_length=1, description="source sentences", examples=[["Das Haus ist klein."]])
     num_beams: int | None = Field(
         None, description="beam width, from 1 (default from the manifest; at most its max_num_beams)", examples=[4],
@@ -55,6 +61,7 @@ class TranslateRequest(_Body):
 
 class ImageJsonRequest(_Body):
     model: str = Field(description="registered image model name", examples=["fashion"])
+    version: str | None = VERSION_FIELD
     images: list[str] = Field(min_length=1, description="base64-encoded image files (PNG, JPEG, ...)",
                               json_schema_extra={"items": {"type": "string", "format": "byte"}})
     top_k: int | None = Field(None, description="labels per image, best first (default 1, at most the number of "
@@ -116,7 +123,7 @@ class ModelInfo(BaseModel):
     name: str
     version: str | None
     task: str | None
-    status: Literal["ready", "failed"]
+    status: Literal["ready", "failed", "unloaded"]
     reason: str | None = Field(None, description="why a failed model could not be loaded")
     labels: list[str] = Field(default_factory=list)
     metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
@@ -127,6 +134,11 @@ class ModelInfo(BaseModel):
     max_wait_ms: float | None = None
     limits: dict[str, Any] = Field(default_factory=dict, description="input limits the service enforces")
     load_seconds: float | None = None
+    versions: list[dict[str, Any]] = Field(default_factory=list, description="every loaded version: version, role "
+                                           "(primary, canary, shadow, loaded), status, in_flight")
+    rollout: dict[str, Any] | None = Field(None, description="the candidate version, mode and share, if any")
+    last_load_error: dict[str, Any] | None = Field(
+        None, description="a newer version that failed to load while this one kept serving: version, reason")
 
 
 class ModelsResponse(BaseModel):

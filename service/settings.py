@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from modelkit.onnx_session import SessionSettings
@@ -32,6 +32,14 @@ class BatchSettings(BaseModel):
         description="a call of <= 4 items whose recent duration is below this runs on the event loop when no other "
         "request is queued or arriving (skips two thread hand-offs); 0 disables",
     )
+
+
+class RolloutSettings(BaseModel):
+    """A candidate version served beside the primary (canary: routed a share; shadow: mirrored a share)."""
+
+    candidate: str = Field(description="the candidate's version (a folder of the registry)")
+    mode: Literal["canary", "shadow"] = "canary"
+    share: float = Field(0.1, ge=0, le=1, description="share of requests routed (canary) or mirrored (shadow)")
 
 
 class AuthSettings(BaseModel):
@@ -67,7 +75,7 @@ class DeadlineSettings(BaseModel):
     max_s: float = Field(120.0, gt=0, description="longest deadline a client may ask for")
 
 
-class DrainSettings(BaseModel):
+class ShutdownSettings(BaseModel):
     """What a worker does on SIGTERM (service/drain.py)."""
 
     grace_s: float = Field(5.0, ge=0, description="readiness is 503 and requests are still served this long "
@@ -120,11 +128,32 @@ class ServiceSettings(BaseSettings):
         "the modelserve_* metrics cover requests either way, and /metrics is served in both cases)",
     )
     request_timeout_s: float = Field(120.0, gt=0, description="BentoML request timeout")
+    metrics_flush_s: float = Field(
+        0.5, ge=0, le=60, description="metrics are held in memory and written to the multiprocess files this "
+        "often (one write per series instead of one per observation); a scrape sees other workers' values at most "
+        "this late; 0 writes every observation at once")
+
+    reload: Literal["off", "poll"] = Field(
+        "off", description="watch the registry: poll each model's LATEST (and new models) every reload_interval_s "
+        "and switch to a new version without a restart")
+    reload_interval_s: float = Field(5.0, gt=0, le=3600, description="seconds between registry polls")
+    drain_timeout_s: float = Field(
+        60.0, gt=0, description="longest a replaced version waits for its queued and in-flight requests before "
+        "it is freed")
+    rollouts: dict[str, RolloutSettings] = Field(
+        default_factory=dict, description='per model, a candidate version: {"name": {"candidate": "VERSION", '
+        '"mode": "canary"|"shadow", "share": 0.1}}')
+    state_dir: Path | None = Field(
+        None, description="folder where a worker records repository API changes for the server's other workers "
+        "(default: inside BentoML's PROMETHEUS_MULTIPROC_DIR, emptied at every server start)")
+    state_sync_s: float = Field(0.5, gt=0, le=60, description="seconds between a worker's checks of that folder")
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token of the repository API (/v2/repository/...); unset: that API answers 401")
 
     auth: AuthSettings = Field(default_factory=AuthSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     deadlines: DeadlineSettings = Field(default_factory=DeadlineSettings)
-    drain: DrainSettings = Field(default_factory=DrainSettings)
+    shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
 
     grpc: bool = Field(True, description="serve the Open Inference Protocol over gRPC too (every worker)")
     grpc_host: str = Field("0.0.0.0", description="address the gRPC door binds")

@@ -65,3 +65,32 @@ def record_batch(model: "ServedModel", rows: int, timings: Mapping[str, float], 
         confidences = [float(f["top_confidence"]) for f in features if f.get("top_confidence") is not None]
     _guard("observe_predictions", metrics.observe_predictions, name, version, model.manifest, features,
            labels_per_item, confidences)
+
+
+def record_version_request(model: "ServedModel", route: str, status: int, seconds: float) -> None:
+    """One request answered by one model version (route: primary, canary, pinned or shadow)."""
+    _guard("observe_version_request", metrics.observe_version_request, model.name, model.version, route, status,
+           seconds)
+
+
+def record_shadow(primary: "ServedModel", candidate: "ServedModel", agree: int, disagree: int) -> None:
+    _guard("count_shadow", metrics.count_shadow, primary.name, primary.version, candidate.version, agree, disagree)
+
+
+def record_shadow_skipped(primary: "ServedModel", candidate: "ServedModel", items: int) -> None:
+    _guard("count_shadow_skipped", metrics.count_shadow_skipped, primary.name, candidate.version, items)
+
+
+def record_rollout(name: str, primary: str | None, candidate: str | None, mode: str | None, share: float) -> None:
+    _guard("set_rollout", metrics.set_rollout, name, primary, candidate, mode, share)
+
+
+def enable_buffering(interval_s: float) -> None:
+    """Buffer metric writes (monitoring.metrics); 0 keeps writing every observation at once."""
+    if interval_s > 0:
+        metrics.enable_buffering(interval_s)
+
+
+def flush() -> None:
+    """Write this process's buffered metrics now (before a scrape)."""
+    _guard("flush", metrics.default_metrics().flush)

@@ -1,50 +1,81 @@
-"""One worker process's serving state: settings, loaded models, the traffic count. Passed to every door."""
+"""One worker process's serving state: settings, model entries, the traffic count. Passed to every door."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from .batcher import Traffic
-from .errors import OVERLOAD, ServiceError
+from .errors import ServiceError
+from .lifecycle import Lifecycle, ModelEntry
 from .models import ServedModel
 from .settings import ServiceSettings
+
+
+@dataclass
+class Route:
+    """Where one request goes: the version, why (primary, canary or pinned), and a shadow copy's target."""
+
+    model: ServedModel
+    via: str
+    request_id: str | None = None
+    shadow: ServedModel | None = None
 
 
 class Worker:
     """What one worker serves; doors get it as an argument, never from a module global."""
 
-    def __init__(self, settings: ServiceSettings, models: dict[str, ServedModel], traffic: Traffic):
+    def __init__(self, settings: ServiceSettings, models: dict[str, ModelEntry], traffic: Traffic):
         self.settings = settings
         self.models = models
         self.traffic = traffic
+        self.lifecycle = Lifecycle(settings, models, traffic)
+
+    @classmethod
+    def start(cls, settings: ServiceSettings) -> "Worker":
+        """A worker with every model loaded (blocking)."""
+        worker = cls(settings, {}, Traffic())
+        worker.lifecycle.load_initial()
+        return worker
 
     @property
     def ready(self) -> bool:
-        return any(m.status == "ready" for m in self.models.values())
+        return any(e.ready for e in self.models.values())
+
+    def route(self, name: str, version: str | None = None, request_id: str | None = None) -> Route:
+        """The ready version a request for ``name`` gets: 404 unknown model or version, 503 failed to load."""
+        entry = self.models.get(name)
+        if entry is None or entry.unloaded:
+            known = sorted(n for n, e in self.models.items() if not e.unloaded)
+            why = f"model {name!r} is unloaded" if entry is not None else f"unknown model {name!r}"
+            raise ServiceError(404, why, field="model", limit=known, known_models=known)
+        if version:
+            model = entry.versions.get(version)
+            if model is None:
+                raise ServiceError(404, f"model {name!r} has no version {version!r} loaded", field="version",
+                                   limit=sorted(entry.versions))
+            via = "primary" if version == entry.primary else "pinned"
+        else:
+            model, via = entry.pick(request_id)
+        if model is None or model.status != "ready":
+            reason = model.reason if model is not None else "no version loaded"
+            raise ServiceError(503, f"model {name!r} failed to load: {reason}", field="model", limit=None,
+                               kind="model_failure", reason=reason)
+        return Route(model, via, request_id, entry.shadow_of(model, via, request_id))
 
     def model(self, name: str, version: str | None = None) -> ServedModel:
-        """The ready model ``name`` (at ``version`` when given): 404 unknown, 503 failed to load."""
-        model = self.models.get(name)
-        if model is None:
-            raise ServiceError(404, f"unknown model {name!r}", field="model", limit=sorted(self.models),
-                               known_models=sorted(self.models))
-        if version and version != model.version:
-            raise ServiceError(404, f"model {name!r} has no version {version!r} served (serving {model.version})",
-                               field="version", limit=[model.version])
-        if model.status != "ready":
-            raise ServiceError(503, f"model {name!r} failed to load: {model.reason}", field="model", limit=None,
-                               kind="model_failure", reason=model.reason)
-        return model
+        return self.route(name, version).model
 
-    def model_for(self, name: str, tasks: Iterable[str], endpoint: str, version: str | None = None) -> ServedModel:
-        """``model`` for an endpoint that serves ``tasks``: also 422 for a model of another task."""
-        model = self.model(name, version)
+    def route_for(self, name: str, tasks: Iterable[str], endpoint: str, version: str | None = None,
+                  request_id: str | None = None) -> Route:
+        """``route`` for an endpoint that serves ``tasks``: also 422 for a model of another task."""
+        route = self.route(name, version, request_id)
         tasks = tuple(tasks)
-        if model.task not in tasks:
-            raise ServiceError(422, f"model {name!r} is a {model.task} model, and {endpoint} serves {', '.join(tasks)}",
-                               field="model", limit=list(tasks))
-        return model
+        if route.model.task not in tasks:
+            raise ServiceError(422, f"model {name!r} is a {route.model.task} model, and {endpoint} serves "
+                               f"{', '.join(tasks)}", field="model", limit=list(tasks))
+        return route
 
     def check_count(self, n: int, field: str) -> None:
         limit = self.settings.max_items_per_request
@@ -66,6 +97,3 @@ class Worker:
             limits.update(max_num_beams=mf.generation.max_num_beams,
                           max_max_new_tokens=mf.generation.max_max_new_tokens)
         return limits
-
-    def overloaded(self, model: ServedModel, message: str) -> ServiceError:
-        return ServiceError(503, message, field=None, limit=model.batcher.max_queue_items, kind=OVERLOAD)

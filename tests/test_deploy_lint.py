@@ -144,7 +144,7 @@ def test_deployment_probes_resources_and_security(rendered):
 def test_pod_is_locked_down_and_its_stop_matches_the_drain(rendered):
     """Read-only root, no capabilities, seccomp RuntimeDefault, non-root, limits; preStop and the grace period
     cover the service's drain (service/drain.py: SIGTERM -> grace_s serving -> timeout_s for requests in flight)."""
-    from service.settings import DrainSettings
+    from service.settings import ShutdownSettings
 
     _, docs, _ = rendered
     pod = by_kind(docs)["Deployment"]["spec"]["template"]["spec"]
@@ -161,7 +161,7 @@ def test_pod_is_locked_down_and_its_stop_matches_the_drain(rendered):
     assert writable == {"/tmp", "/home/app/bentoml"}, writable  # everything else is the read-only image
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "/bin/sleep"
-    drain = DrainSettings()
+    drain = ShutdownSettings()
     needed = int(pre_stop[1]) + drain.grace_s + drain.timeout_s + 1  # + about a second to exit (measured)
     assert needed <= pod["terminationGracePeriodSeconds"] <= needed + 10, (needed, pod["terminationGracePeriodSeconds"])
 

@@ -264,3 +264,33 @@ def test_gpu_sampler_exports_nvml_readings(monkeypatch):
     reg2 = CollectorRegistry()
     ServiceMetrics(reg2).set_model_info("demo", "v1", "text-classification", "CUDAExecutionProvider", "ready", 1.0)
     assert reg2.get_sample_value("modelserve_gpu_utilization_ratio", {"gpu": "1"}) == 0.9
+
+
+def test_buffered_metrics_equal_direct_writes_after_a_flush():
+    """The service buffers increments and observations (one write per series per flush): the samples
+    after a flush are exactly those of writing every value at once, bucket bounds and NaN included."""
+    values = [0.0005, 0.001, 0.0011, 0.05, 0.75, 30.0, 31.0, float("nan"), 0.0]
+    registries = []
+    for buffered in (False, True):
+        reg = CollectorRegistry()
+        m = ServiceMetrics(reg)
+        if buffered:
+            m.enable_buffering(interval_s=3600)  # only the explicit flush below writes
+        for v in values:
+            m.observe_batch("demo", "v1", 3, {"inference": v}, [v, v / 2])
+        m.observe_request("classify", 200, 0.02)
+        m.request_started("classify")
+        m.request_finished("classify")
+        m.request_started("classify")
+        if buffered:
+            assert reg.get_sample_value("modelserve_batches_total", {"model": "demo", "version": "v1"}) in (None, 0)
+            m.flush()
+        registries.append(reg)
+
+    def samples(reg):
+        return sorted((s.name, tuple(sorted(s.labels.items())), "nan" if s.value != s.value else s.value)
+                      for fam in reg.collect() for s in fam.samples if not s.name.endswith("_created"))
+
+    direct, buffered = (samples(r) for r in registries)
+    assert direct == buffered
+    assert any(name == "modelserve_requests_in_flight" and value == 1 for name, _, value in buffered)

@@ -90,6 +90,11 @@ SETUP = textwrap.dedent("""
     m = metrics.default_metrics()
     # what the service does at start: model status, reference gauges, bins at 0; request series at 0
     metrics.set_model_info("demo", "v1", "text-classification", "CPUExecutionProvider", "ready", 0.7, drift_manifest())
+    metrics.set_rollout("demo", "v1", "v2", "shadow", 0.5)
+    for version, route in (("v1", "primary"), ("v2", "shadow")):
+        m.version_requests.labels("demo", version, route, "200"); m.version_request_duration.labels("demo", version, route)
+    for agreement in ("agree", "disagree"):
+        m.shadow_comparisons.labels("demo", "v1", "v2", agreement)
     m.requests.labels("classify", "200", "json"); m.request_duration.labels("classify", "200", "json")
     m.requests.labels("classify", "503", "json"); m.request_duration.labels("classify", "503", "json")
     reg = CollectorRegistry(); multiprocess.MultiProcessCollector(reg)
@@ -117,6 +122,10 @@ WORKER = textwrap.dedent("""
             if status == 503:
                 metrics.count_error("classify", "demo", "overload")
                 continue
+        metrics.observe_version_request("demo", "v1", "primary", 200, 0.004 + 0.001 * (i % 5))
+        if i % 2:  # every other request mirrored to the shadow candidate v2, which agrees 3 times in 4
+            metrics.observe_version_request("demo", "v2", "shadow", 200, 0.006)
+            metrics.count_shadow("demo", "v1", "v2", int(i % 4 != 3), int(i % 4 == 3))
         metrics.observe_batch("demo", "v1", 1, {{"preprocess": 0.001, "inference": 0.004, "postprocess": 0.0005}}, 0.002)
         metrics.count_items("demo", "v1", 1)
         metrics.observe_inputs("demo", "v1", {{"tokens": [int(tokens[i])]}})

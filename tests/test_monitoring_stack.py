@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import shutil
 import threading
 import time
 from collections import Counter
@@ -24,7 +25,7 @@ from modelkit.image import encode_png
 from monitoring.grafana.queries import load_dashboards, panel_targets, substitute, variables
 from monitoring.metrics import ServiceMetrics
 from monitoring.prometheus_runner import PROMETHEUS_DIR, Prometheus
-from service_support import names_by_task, serve, smoke_models  # noqa: F401 (fixture)
+from service_support import copy_model, names_by_task, serve, smoke_models  # noqa: F401 (fixture)
 
 ENDPOINT_BY_TASK = {"text-classification": "/classify", "multi-label-classification": "/classify",
                     "image-classification": "/classify_image", "translation": "/translate"}
@@ -49,11 +50,32 @@ def _bad_item(task: str, model: str) -> dict:
     return {"model": model, "texts": ["word " * 2000]}  # over max_text_chars
 
 
+SHADOW_VERSION = "shadow-candidate"
+
+
 @pytest.fixture(scope="module")
-def stack(smoke_models: Path, tmp_path_factory):
-    """Two-worker service and a Prometheus scraping it every second."""
+def registry(smoke_models: Path, tmp_path_factory) -> Path:
+    """The smoke models, plus a second version of the text classifier (a copy) to shadow its primary."""
+    root = tmp_path_factory.mktemp("stack_registry")
+    for latest in smoke_models.glob("*/LATEST"):
+        copy_model(smoke_models, latest.parent.name, root)
+    text = names_by_task(smoke_models)["text-classification"]
+    primary = root / text / (root / text / "LATEST").read_text().strip()
+    shutil.copytree(primary, primary.parent / SHADOW_VERSION)
+    manifest = json.loads((primary.parent / SHADOW_VERSION / "manifest.json").read_text())
+    manifest["version"] = SHADOW_VERSION
+    (primary.parent / SHADOW_VERSION / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture(scope="module")
+def stack(registry: Path, smoke_models: Path, tmp_path_factory):
+    """Two-worker service (the text classifier mirrored to a shadow candidate) and a Prometheus scraping
+    it every second."""
     work = tmp_path_factory.mktemp("monitoring_stack")
-    with serve(smoke_models, work, env={"SERVICE_WORKERS": "2"}) as server:
+    text = names_by_task(smoke_models)["text-classification"]
+    rollouts = {text: {"candidate": SHADOW_VERSION, "mode": "shadow", "share": 1.0}}
+    with serve(registry, work, env={"SERVICE_WORKERS": "2", "SERVICE_ROLLOUTS": json.dumps(rollouts)}) as server:
         target = server.url.removeprefix("http://")
         with Prometheus([target], scrape_interval="1s", evaluation_interval="1s") as prom:
             yield server, prom, work
@@ -125,15 +147,21 @@ def test_counters_and_histogram_counts_equal_the_requests_sent(stack, traffic):
     assert series(hist) == expected
 
     items = {m: float(n) for m, n in traffic["items"].items()}
-    assert _by(prom, "sum by (model) (modelserve_items_total)", "model") == items
-    assert _by(prom, "sum by (model) (modelserve_batch_size_rows_sum)", "model") == items
+    primary = f'version!="{SHADOW_VERSION}"'  # the shadow candidate's items are counted on their own below
+    assert _by(prom, f"sum by (model) (modelserve_items_total{{{primary}}})", "model") == items
+    assert _by(prom, f"sum by (model) (modelserve_batch_size_rows_sum{{{primary}}})", "model") == items
     classifiers = {m: n for m, n in items.items() if traffic["models"][m] != "translation"}
-    assert {m: v for m, v in _by(prom, "sum by (model) (modelserve_prediction_confidence_count)", "model").items()
-            if m in classifiers} == classifiers
+    assert {m: v for m, v in _by(prom, f"sum by (model) (modelserve_prediction_confidence_count{{{primary}}})",
+                                 "model").items() if m in classifiers} == classifiers
     # every answered item counted once in each drift feature of its model
     text = traffic["tasks"]["text-classification"]
-    assert _by(prom, f'sum by (model) (modelserve_drift_bin_total{{model="{text}", feature="token_count"}})',
-               "model") == {text: items[text]}
+    assert _by(prom, f'sum by (model) (modelserve_drift_bin_total{{model="{text}", feature="token_count", '
+               f'{primary}}})', "model") == {text: items[text]}
+    # the shadow (share 1.0) answered every item the primary answered, and agreed on all (it is a copy)
+    shadow = f'model="{text}", version="{SHADOW_VERSION}"'
+    prom.wait_for(f"sum(modelserve_items_total{{{shadow}}})", lambda v: list(v.values()) == [items[text]], timeout=30)
+    agree = prom.values(f'sum by (agreement) (modelserve_shadow_comparisons_total{{model="{text}"}})')
+    assert {dict(k)["agreement"]: v for k, v in agree.items()} == {"agree": items[text], "disagree": 0.0}
     bad = sum(n for (e, s), n in sent.items() if s.startswith("4") and s != "404")  # 413, 422
     assert sum(prom.values('sum(modelserve_errors_total{kind="validation"})').values()) == bad, sent
     assert sum(prom.values('sum(modelserve_errors_total{kind="not_found"})').values()) == sent[("/classify", "404")]
@@ -191,5 +219,5 @@ def test_model_status_and_reference_are_exposed_for_every_model(stack, traffic):
     ready = _by(prom, 'model:modelserve_model_info:max{status="ready"} == 1', "model")
     assert set(ready) == set(traffic["models"])
     for model in ready:
-        sums = prom.values(f'sum by (feature) (bin:modelserve_drift_reference_fraction:max{{model="{model}"}})')
+        sums = prom.values(f'sum by (version, feature) (bin:modelserve_drift_reference_fraction:max{{model="{model}"}})')
         assert sums and all(abs(v - 1) < 1e-3 for v in sums.values()), (model, sums)

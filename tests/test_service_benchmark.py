@@ -118,3 +118,39 @@ def test_oip_clients_bench_drives_both_doors_through_tritonclient(smoke_models, 
                                                   for c in ("1", "4")}
     for r in rows:
         assert r[7] == "0" and float(r[4].replace(",", "")) > 0, r  # no errors, a rate
+
+
+def test_lifecycle_bench_promotes_and_rolls_back_under_load(smoke_models, tmp_path):
+    spec = importlib.util.spec_from_file_location("lifecycle_bench", ROOT / "benchmarks" / "lifecycle_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    name = names_by_task(smoke_models)["text-classification"]
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n")
+    assert module.main(["--registry", str(smoke_models), "--model", name, "--seconds", "16", "--clients", "4",
+                        "--poll", "0.5", "--results", str(results)]) == 0  # non-zero: a non-200 answer
+    rows = dict(re.findall(r"^\| ([^|]+) \| ([^|]+) \|$", results.read_text(), flags=re.M))
+    answers, bad = (int(x) for x in rows["answers / non-200"].split(" / "))
+    assert answers > 100 and bad == 0
+    for key in ("every answer from B after the promote", "every answer from A after the rollback"):
+        assert float(rows[key].split(" s")[0]) < 6, rows[key]  # each worker switched, within poll + load + noise
+
+
+def test_shadow_bench_runs_with_and_without_a_shadow(smoke_models, tmp_path):
+    spec = importlib.util.spec_from_file_location("shadow_bench", ROOT / "benchmarks" / "shadow_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    name = names_by_task(smoke_models)["text-classification"]
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n")
+    assert module.main(["--registry", str(smoke_models), "--model", name, "--requests", "200",
+                        "--results", str(results)]) == 0
+    rows = {c[0]: c for c in ([x.strip() for x in line.strip().strip("|").split("|")]
+                              for line in results.read_text().splitlines() if line.startswith("| ")) if len(c) == 8}
+    assert float(rows["no rollout"][7].replace(",", "")) == 0 and rows["no rollout"][5] == "0"
+    mirrored = float(rows["shadow, share 1.0"][7].replace(",", ""))
+    tenth = float(rows["shadow, share 0.1"][7].replace(",", ""))
+    # every request compared (a few more: wrk's last in-flight requests), unless the candidate was backed up
+    assert mirrored >= 150 and tenth < mirrored / 2, rows

@@ -1,7 +1,8 @@
-"""Command line: ``python -m training train|models|config``.
+"""Command line: ``python -m training train|models|config|promote|rollback|history|import``.
 
-Exit codes: 0 ok; 1 a model failed its gate (published, not servable, LATEST untouched);
-2 bad config or bad data (nothing published).
+Exit codes: 0 ok; 1 a model failed its gate (published, not servable, LATEST untouched; or
+``promote`` refused a gate-failed version); 2 bad config, bad data or an unknown model/version
+(nothing published, LATEST untouched).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from modelkit import registry as reg
 from modelkit.registry import default_root, list_versions
 
 from .config import PRESETS, ConfigError, ModelConfig, apply_override, deep_merge, load_config_file, validate_config
@@ -114,6 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = {
         "registry_root": registry, "data_dir": Path(args.data_dir), "preset": args.preset,
         "command": "python -m training " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "promote": not args.no_promote,
     }
     failed: list[str] = []
     summary = []
@@ -179,6 +182,117 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     print(format_table(rows))
     print("(* = LATEST, the version serving loads)")
+    history = _history_lines(registry, sorted({r.name for r in rows}))
+    if history:
+        print("history (python -m training history NAME):")
+        print("\n".join(history))
+    return 0
+
+
+def _history_lines(registry: Path, names: list[str]) -> list[str]:
+    """One line per model with a history: its number of LATEST moves and the last one."""
+    lines = []
+    for name in names:
+        try:
+            history = reg.read_history(registry, name)
+        except reg.RegistryError as exc:
+            lines.append(f"  {name}: {exc}")
+            continue
+        if history:
+            lines.append(f"  {name}: {len(history)} LATEST move(s); last: {_record_line(history[-1])}")
+    return lines
+
+
+def _record_line(r: reg.HistoryRecord) -> str:
+    return (f"{r.when.isoformat(timespec='seconds')} {r.action} {r.from_version or '-'} -> {r.to_version} "
+            f"by {r.who}" + (f": {r.why}" if r.why else ""))
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    registry = Path(args.registry) if args.registry else default_root()
+    try:
+        record = reg.promote(registry, args.name, args.version, why=args.why or "", who=args.who)
+    except reg.GateRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return EXIT_GATE
+    except reg.RegistryError as exc:
+        print(f"registry error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    if record is None:
+        print(f"{args.name}: {args.version} is already LATEST; nothing changed")
+    else:
+        print(f"{args.name}: LATEST {record.from_version or '-'} -> {record.to_version} (promoted by {record.who})")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    registry = Path(args.registry) if args.registry else default_root()
+    try:
+        record, how = reg.rollback(registry, args.name, why=args.why or "", who=args.who)
+    except reg.RegistryError as exc:
+        print(f"registry error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    print(f"{args.name}: LATEST {record.from_version} -> {record.to_version} (rolled back by {record.who}; {how})")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    registry = Path(args.registry) if args.registry else default_root()
+    try:
+        reg.check_known(registry, args.name)
+        history = reg.read_history(registry, args.name)
+    except reg.RegistryError as exc:
+        print(f"registry error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    shown = history[-args.limit:] if args.limit else history
+    for r in shown:
+        print(r.to_json() if args.json else _record_line(r))
+    if not history and not args.json:
+        print(f"{args.name}: no history recorded (LATEST is {reg.latest_version(registry, args.name) or 'unset'})")
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+IMPORT_FLAGS = ("name", "task", "version", "model", "tokenizer", "labels", "labels_file", "sample", "expected", "eval",
+                "min_metric", "output", "max_length", "image_size", "channels", "mean", "std", "source_lang",
+                "target_lang", "description", "source", "licence")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .import_spec import ImportRejected, load_spec
+    from .importer import import_model
+
+    registry = Path(args.registry) if args.registry else default_root()
+    flags = {k: getattr(args, k) for k in IMPORT_FLAGS}
+    if args.no_promote:
+        flags["promote"] = False
+    try:
+        spec = load_spec(args.spec, flags, args.set or [])
+        result = import_model(spec, registry,
+                              command="python -m training " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    except ImportRejected as exc:
+        print(f"import rejected (nothing written to {registry}): {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    m = result.manifest
+    print(f"imported {m.name} {m.version} ({m.task}) in {result.seconds:.1f} s: {result.path}")
+    for p in m.parity:
+        print(f"  parity: {p.notes}: max abs diff {p.max_abs_diff:.2e} on {p.n_inputs} items -> pass")
+    print(f"  reference profile: {m.reference_profile.n_samples} sample items, "
+          f"features {', '.join(sorted(m.reference_profile.features))}")
+    if m.metrics:
+        print("  eval: " + ", ".join(f"{k} {v:.4f}" for k, v in m.metrics["fp32"].items()))
+    for line in m.gate.reasons:
+        print(f"  gate {line}")
+    if not m.gate.passed:
+        print(f"gate failed for {m.name} {m.version} (published as not servable; LATEST unchanged)", file=sys.stderr)
+        return EXIT_GATE
+    print(f"  LATEST {'-> ' + m.version if result.latest_moved else 'unchanged (promote=false)'}")
     return 0
 
 
@@ -203,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(train)
     train.add_argument("--registry", help="registry root (default $MODEL_REGISTRY or ./exported)")
     train.add_argument("--data-dir", default="data", help="where dataset snapshots are written (default ./data)")
+    train.add_argument("--no-promote", action="store_true",
+                       help="publish a version that passes its gate without moving LATEST (roll it out as a "
+                       "candidate first, then `promote` it)")
     train.add_argument("--jobs", default="auto", help="models trained at once, each in its own process (default auto: "
                        "in parallel only for families that allow it, e.g. the single-thread translators)")
     train.set_defaults(func=cmd_train)
@@ -210,6 +327,60 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the registry")
     models.add_argument("--registry", help="registry root (default $MODEL_REGISTRY or ./exported)")
     models.set_defaults(func=cmd_models)
+
+    def add_lifecycle_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--why", help="reason, kept in the history")
+        p.add_argument("--who", help="who moves LATEST (default $MODELSERVE_USER or the login name)")
+        p.add_argument("--registry", help="registry root (default $MODEL_REGISTRY or ./exported)")
+
+    promote = sub.add_parser("promote", help="make a gate-passing version LATEST (recorded in HISTORY.jsonl)")
+    promote.add_argument("name")
+    promote.add_argument("version")
+    add_lifecycle_options(promote)
+    promote.set_defaults(func=cmd_promote)
+
+    rollback = sub.add_parser("rollback", help="move LATEST back to the version before it (see the history)")
+    rollback.add_argument("name")
+    add_lifecycle_options(rollback)
+    rollback.set_defaults(func=cmd_rollback)
+
+    history = sub.add_parser("history", help="the LATEST moves of a model, oldest first")
+    history.add_argument("name")
+    history.add_argument("--limit", type=int, default=0, help="only the last N records")
+    history.add_argument("--json", action="store_true", help="the raw JSON lines")
+    history.add_argument("--registry", help="registry root (default $MODEL_REGISTRY or ./exported)")
+    history.set_defaults(func=cmd_history)
+
+    imp = sub.add_parser("import", help="register an existing ONNX model (bring your own model)",
+                         description="Flags override the --spec file; any other spec field: --set FIELD=VALUE. "
+                                     "See README, 'Bring your own ONNX model'.")
+    imp.add_argument("--spec", help="TOML/JSON file with the import settings (paths relative to it)")
+    imp.add_argument("--name")
+    imp.add_argument("--task", help="text-classification, multi-label-classification, image-classification, translation")
+    imp.add_argument("--version", help="version id (default: a new timestamp)")
+    imp.add_argument("--model", help="the .onnx file (translators: a folder with encoder/decoder/decoder_with_past.onnx)")
+    imp.add_argument("--tokenizer", help="a `tokenizers` JSON file (text and translation)")
+    imp.add_argument("--labels", type=_csv, help="comma-separated labels, in the order of the model's outputs")
+    imp.add_argument("--labels-file", help="one label per line, or a JSON list")
+    imp.add_argument("--sample", help="inputs for parity and the drift reference profile (file, or image folder)")
+    imp.add_argument("--expected", help="the model's own outputs (logits) on the first sample items: .npy or .json")
+    imp.add_argument("--eval", help="labelled file (or image folder root/<label>/) to measure the headline metric")
+    imp.add_argument("--min-metric", type=float, help="gate: the headline metric on --eval must reach this")
+    imp.add_argument("--output", help="classifier output to serve (default: the first)")
+    imp.add_argument("--max-length", type=int, help="text: longest token sequence fed, [CLS]/[SEP] included")
+    imp.add_argument("--image-size", type=int)
+    imp.add_argument("--channels", type=int)
+    imp.add_argument("--mean", type=_floats, help="image: per-channel mean, e.g. 0.5 or 0.485,0.456,0.406")
+    imp.add_argument("--std", type=_floats)
+    imp.add_argument("--source-lang")
+    imp.add_argument("--target-lang")
+    imp.add_argument("--description")
+    imp.add_argument("--source", help="where the model and its training data come from (model card)")
+    imp.add_argument("--licence")
+    imp.add_argument("--no-promote", action="store_true", help="register without moving LATEST")
+    imp.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any spec field (JSON value)")
+    imp.add_argument("--registry", help="registry root (default $MODEL_REGISTRY or ./exported)")
+    imp.set_defaults(func=cmd_import)
 
     config = sub.add_parser("config", help="print the resolved config of the selected models")
     add_run_options(config)

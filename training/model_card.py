@@ -85,3 +85,56 @@ def render(manifest: Manifest, notes: dict[str, str], plots: list[str]) -> str:
 
 def write_model_card(path: Path, manifest: Manifest, notes: dict[str, str], plots: list[str]) -> None:
     path.write_text(render(manifest, notes, plots), encoding="utf-8")
+
+
+def render_imported(manifest: Manifest, notes: dict[str, str]) -> str:
+    """Card of a version made by ``python -m training import``: says plainly what was and was not checked."""
+    m = manifest
+    gate = "PASSED" if m.gate.passed else "FAILED (not servable; LATEST not updated)"
+    if m.gate.passed and not m.gate.criteria:
+        gate = "NOT GATED by this pipeline"
+    parts = [
+        f"# {m.name} {m.version} (IMPORTED)",
+        "",
+        f"**Imported ONNX model: not trained, exported or gated by this pipeline.** Task: **{m.task}**. "
+        + m.description,
+        f"Gate: **{gate}**.",
+        "",
+        "## Origin",
+        f"- source: {m.dataset.source}" + (f" (licence: {m.dataset.licence})" if m.dataset.licence else ""),
+        f"- import command: `{m.training.command}`",
+        f"- {m.training.num_parameters:,} parameters (graph initializers)",
+        *[f"- {g.path}: {g.role}, opset {g.opset}" for g in m.graphs],
+        "- original files and their sha256: `IMPORT.json`",
+        "",
+        "## Labels",
+        f"{len(m.labels)}: " + ", ".join(m.labels[:30]) + (" ..." if len(m.labels) > 30 else "") if m.labels
+        else "none (translation)",
+        "",
+        "## Checks at import",
+        *[f"- {line}" for line in notes.get("checks", "").splitlines() if line],
+        *[
+            f"- parity ({p.variant}): {p.notes}: max abs diff {p.max_abs_diff:.2e} on {p.n_inputs} items"
+            + (f" (tolerance {p.tolerance:g})" if p.tolerance else "")
+            + (f", top-1 agreement {p.top1_agreement:.4f}" if p.top1_agreement is not None else "")
+            + f" -> {'pass' if p.passed else 'FAIL'}"
+            for p in m.parity
+        ],
+        "",
+        f"## Metrics (headline: {m.headline_metric})",
+        _table({f"model ({v})": vals for v, vals in m.metrics.items()}) if m.metrics
+        else "None measured: no labelled eval file was given at import.",
+        "",
+        "## Gate",
+        *[f"- {r}" for r in m.gate.reasons],
+        "",
+        "## Drift reference",
+        f"Computed by the serving runtime on the sample file given at import ({m.reference_profile.n_samples} items): "
+        + ", ".join(sorted(m.reference_profile.features)) + ".",
+        "",
+        "## Limits",
+        notes.get("limits", "Only what is listed under checks was verified here; quality on real traffic is the "
+                  "owner's claim, not this pipeline's."),
+        "",
+    ]
+    return "\n".join(parts)

@@ -104,8 +104,12 @@ def run_model(
     data_dir: Path,
     preset: str,
     command: str,
+    promote: bool = True,
 ) -> ModelResult:
-    """Train, export, evaluate, gate and publish one model; returns its summary."""
+    """Train, export, evaluate, gate and publish one model; returns its summary.
+
+    ``promote=False`` publishes a version that passed its gate without moving LATEST (a candidate to
+    roll out first: ``python -m training promote`` moves LATEST later)."""
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
 
@@ -189,7 +193,7 @@ def run_model(
         plot_files = sorted(p.relative_to(staging).as_posix() for p in (staging / "plots").glob("*.png"))
         manifest.training.duration_s = round(time.perf_counter() - t0, 1)
         write_model_card(staging / "MODEL_CARD.md", manifest, family.card_notes(cfg, splits), plot_files)
-        final = registry.publish(registry_root, staging, manifest, servable=manifest.gate.passed)
+        final = registry.publish(registry_root, staging, manifest, servable=manifest.gate.passed and promote)
     except BaseException:
         registry.discard(staging)
         _remove_if_empty(registry_root / name)

@@ -256,6 +256,33 @@ def model_health() -> dict:
         timeseries("Errors/s by kind", "validation, model_failure, overload, not_found for this model.",
                    [target('endpoint_model_kind:modelserve_errors:rate5m{model="$model"}', "{{endpoint}} {{kind}}")],
                    "reqps", w=8),
+        row("Rollout"),
+        stat("Candidate share", "Share of requests routed (canary) or mirrored (shadow) to the candidate version; "
+             "0 without a rollout.", [target('max(modelserve_rollout_share{model="$model"})', "share")],
+             "percentunit"),
+        table("Roles", "Each served version's role: primary, or candidate in canary or shadow mode.",
+              [target('max by (version, role, mode) (modelserve_rollout_info{model="$model"}) == 1', "",
+                      instant=True, fmt="table")], w=8),
+        timeseries("Traffic by version", "Requests/s each version answered, by route: primary, canary (routed "
+                   "to the candidate), pinned (asked for by version), shadow (mirrored), 5m rate.",
+                   [target('model_route:modelserve_version_requests:rate5m{model="$model"}',
+                           "{{version}} {{route}}")], "reqps", w=12),
+        timeseries("Latency p50 / p99 by version", "Time each version took to answer (validation, queue, "
+                   "inference) over 5m; the CandidateLatencyWorse alert compares the candidate's p99 with the "
+                   "primary's.",
+                   [target('model:modelserve_version_request_duration_seconds:quantile5m{model="$model"}',
+                           "{{version}} p{{quantile}}")], "s", w=8),
+        timeseries("Error ratio by version", "Share of 5xx answers per version over 5m (alert "
+                   "CandidateErrorRatioWorse: the candidate 2 points above the primary).",
+                   [target('model:modelserve_version_errors:ratio_rate5m{model="$model"}', "{{version}}")],
+                   "percentunit", max_=1, w=8),
+        timeseries("Shadow agreement", "Share of mirrored items whose candidate answer agrees with the primary's "
+                   "(same top label, label set or translation), 5m.",
+                   [target('model:modelserve_shadow_agreement:ratio_rate5m{model="$model"}',
+                           "{{candidate}} vs {{primary}}")], "percentunit", max_=1, w=8),
+        timeseries("Worst drift (PSI) by version", "Highest PSI over the features of each served version, 10m.",
+                   [target('model:modelserve_drift_psi:max10m{model="$model"}', "{{version}}")], "none",
+                   steps=DRIFT_STEPS, w=12),
         row("Predictions"),
         timeseries("Predicted class share: live vs reference", "Solid: live share of each predicted class over "
                    "5m. Dashed: the share on held-out data (manifest reference profile).",

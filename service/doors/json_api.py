@@ -26,6 +26,7 @@ BodyT = TypeVar("BodyT", bound=BaseModel)
 IMAGE_FILE_FIELDS = ("images", "image", "file", "files")
 ENDPOINT_TASKS = endpoint_tasks()
 PROTOCOL = "json"
+REQUEST_ID_HEADER = "x-request-id"  # canary routing hashes it: a retry with the same id gets the same version
 
 
 def json_response(payload: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -61,10 +62,12 @@ async def parse(request: Request, model_cls: type[BodyT]) -> BodyT:
 
 async def _run(worker: Worker, request: Request, endpoint: str, name: str, items: list, body: Any) -> Response:
     request.state.model = name
-    model = worker.model_for(name, ENDPOINT_TASKS[endpoint], endpoint)
+    route = worker.route_for(name, ENDPOINT_TASKS[endpoint], endpoint, version=body.version,
+                             request_id=request.headers.get(REQUEST_ID_HEADER))
+    model = route.model
     spec = model.spec
     given = {o.name: getattr(body, o.name, None) for o in spec.options}
-    results, options = await dataplane.infer(worker, model, items, given, field=spec.items_field)
+    results, options = await dataplane.infer(worker, route, items, given, field=spec.items_field)
     return json_response({"model": model.name, "version": model.version,
                           "results": [spec.json_result(r, options) for r in results]})
 
@@ -105,8 +108,8 @@ def _image_blobs(images: list) -> list[bytes]:
 class _FormBody:
     """The multipart form as the fields the JSON body would have."""
 
-    def __init__(self, model: str, top_k: int | None, images: list[bytes]):
-        self.model, self.top_k, self.images = model, top_k, images
+    def __init__(self, model: str, top_k: int | None, images: list[bytes], version: str | None):
+        self.model, self.top_k, self.images, self.version = model, top_k, images, version
 
 
 async def _read_multipart(worker: Worker, request: Request) -> _FormBody:
@@ -145,7 +148,8 @@ async def _read_multipart(worker: Worker, request: Request) -> _FormBody:
                 raise ServiceError(415, f"images[{i}] has content type {ctype!r}, expected image/*",
                                    field=f"images[{i}]", limit="image/*")
             blobs.append(await f.read())
-        return _FormBody(name, top_k, blobs)
+        version = form.get("version")
+        return _FormBody(name, top_k, blobs, version if isinstance(version, str) and version else None)
     finally:
         await form.close()
 
@@ -153,10 +157,19 @@ async def _read_multipart(worker: Worker, request: Request) -> _FormBody:
 async def list_models(worker: Worker, request: Request) -> Response:
     """Every model: status, task, version, labels, metrics, limits (no server paths)."""
     infos = []
-    for m in worker.models.values():
+    for entry in worker.models.values():
+        m = entry.current
+        if m is None:
+            infos.append(ModelInfo(name=entry.name, version=None, task=None, status="unloaded").model_dump())
+            continue
         mf = m.manifest
         info = ModelInfo(name=m.name, version=m.version, task=m.task, status=m.status, reason=m.reason,
-                         load_seconds=m.load_seconds)
+                         load_seconds=m.load_seconds, versions=_versions(entry))
+        if entry.failure is not None and entry.failure is not m:
+            info.last_load_error = {"version": entry.failure.version, "reason": entry.failure.reason}
+        if entry.rollout is not None:
+            info.rollout = {"candidate": entry.rollout.candidate, "mode": entry.rollout.mode,
+                            "share": entry.rollout.share}
         if mf is not None:
             info.labels = list(mf.labels)
             info.metrics = mf.metrics
@@ -170,6 +183,11 @@ async def list_models(worker: Worker, request: Request) -> Response:
             info.max_wait_ms = m.batcher.max_wait_s * 1000
         infos.append(info.model_dump())
     return json_response({"models": infos})
+
+
+def _versions(entry) -> list[dict]:
+    return [{"version": v, "role": entry.role(v), "status": m.status, "in_flight": m.in_flight}
+            for v, m in sorted(entry.versions.items())]
 
 
 # (method, path) -> handler; the front (service/front.py) dispatches these

@@ -19,7 +19,7 @@ import numpy as np
 from .. import dataplane, deadlines
 from ..errors import ServiceError
 from ..models import ServedModel
-from ..worker import Worker
+from ..worker import Route, Worker
 from .oip_codec import DTYPES, InferRequest, RequestedOutput, classification_strings
 
 SERVER_NAME = "modelserve"
@@ -110,8 +110,9 @@ def outputs_for(model: ServedModel, results: Sequence[dict], requested: list[Req
     return out
 
 
-async def infer(worker: Worker, model: ServedModel, request: InferRequest) -> list[tuple[str, str, np.ndarray, bool]]:
+async def infer(worker: Worker, route: Route, request: InferRequest) -> list[tuple[str, str, np.ndarray, bool]]:
     """An OIP inference request through the dataplane; the output tensors to send back."""
+    model = route.model
     if request.outputs is not None:  # an unknown output is refused before any work is done
         known = {t.name for t in model.spec.outputs}
         for req in request.outputs:
@@ -121,6 +122,6 @@ async def infer(worker: Worker, model: ServedModel, request: InferRequest) -> li
     items, field = items_from(model, request.inputs)
     given = options_from(model, request.parameters)
     deadlines.apply_parameters(request.parameters)
-    results, _ = await dataplane.infer(worker, model, items, given, field=field)
+    results, _ = await dataplane.infer(worker, route, items, given, field=field)
     binary_default = bool(request.parameters.get("binary_data_output", False))
     return outputs_for(model, results, request.outputs, binary_default)

@@ -196,8 +196,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelInfer(self, request, context):
-        model = self.worker.model(request.model_name, request.model_version or None)
-        outputs = await oip.infer(self.worker, model, decode_request(request))
+        self.worker.model(request.model_name, request.model_version or None)  # 404 / 503 first
+        decoded = decode_request(request)
+        request_id = request.id or dict(context.invocation_metadata() or ()).get("x-request-id")
+        route = self.worker.route(request.model_name, request.model_version or None, request_id)
+        model = route.model
+        outputs = await oip.infer(self.worker, route, decoded)
         response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
         for name, datatype, arr, _ in outputs:
             response.outputs.add(name=name, datatype=datatype, shape=list(arr.shape))

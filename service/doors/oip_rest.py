@@ -15,11 +15,12 @@ from starlette.responses import Response
 
 from ..errors import ServiceError
 from ..worker import Worker
-from . import oip
+from . import oip, repository
 from .oip_codec import decode_rest_request, encode_rest_response
 
 PROTOCOL = "oip-rest"
 HEADER_LENGTH = "inference-header-content-length"
+REQUEST_ID_HEADER = "x-request-id"
 
 
 def json_response(payload: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -60,7 +61,7 @@ async def model_ready(worker: Worker, request: Request, name: str, version: str 
 
 async def infer(worker: Worker, request: Request, name: str, version: str | None = None) -> Response:
     request.state.model = name
-    model = worker.model(name, version)
+    worker.model(name, version)  # 404 / 503 before the body is read
     header = request.headers.get(HEADER_LENGTH)
     try:
         header_length = int(header) if header is not None else None
@@ -68,7 +69,10 @@ async def infer(worker: Worker, request: Request, name: str, version: str | None
         raise ServiceError(400, f"Inference-Header-Content-Length must be an integer, got {header[:20]!r}",
                            field="Inference-Header-Content-Length") from None
     req = decode_rest_request(await request.body(), header_length)
-    outputs = await oip.infer(worker, model, req)
+    # resolved after the last await before the dataplane, so a version switch in between is seen
+    route = worker.route(name, version, req.id or request.headers.get(REQUEST_ID_HEADER))
+    model = route.model
+    outputs = await oip.infer(worker, route, req)
     head = {"model_name": model.name, "model_version": model.version}
     if req.id:
         head["id"] = req.id
@@ -88,6 +92,8 @@ def route(method: str, path: str):
         return "/v2", server_metadata, {}
     if method == "GET" and len(parts) == 2 and parts[0] == "health" and parts[1] in ("live", "ready"):
         return f"/v2/health/{parts[1]}", live if parts[1] == "live" else ready, {}
+    if parts and parts[0] == "repository":
+        return repository.route(method, parts[1:])
     if len(parts) < 2 or parts[0] != "models" or not parts[1]:
         return None
     params = {"name": parts[1]}

@@ -98,6 +98,10 @@ class TaskSpec:
         """The OIP output tensor ``name`` for a batch of results (BYTES as an object array of bytes)."""
         raise NotImplementedError
 
+    def agrees(self, a: dict, b: dict) -> bool:
+        """Whether two versions' results for one item agree (shadow rollouts count this)."""
+        raise NotImplementedError
+
     def predicted_labels(self, result: dict) -> list[str] | None:
         """Labels counted by modelserve_predictions_total for one item (None: the task predicts none)."""
         return None

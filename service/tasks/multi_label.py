@@ -40,5 +40,8 @@ class MultiLabelClassification(TaskSpec):
     def predicted_labels(self, result):
         return [lab["label"] for lab in result["labels"]]
 
+    def agrees(self, a, b):  # the same label set
+        return {lab["label"] for lab in a["labels"]} == {lab["label"] for lab in b["labels"]}
+
     def model_parameters(self, manifest):
         return {**super().model_parameters(manifest), "thresholds": json.dumps(manifest.postprocessing.thresholds)}

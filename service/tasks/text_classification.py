@@ -35,6 +35,9 @@ class RankedLabels(TaskSpec):
     def predicted_labels(self, result):
         return [result["labels"][0]["label"]]
 
+    def agrees(self, a, b):  # the same top label
+        return a["labels"][0]["label"] == b["labels"][0]["label"]
+
 
 class TextClassification(RankedLabels):
     task = "text-classification"

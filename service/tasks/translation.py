@@ -31,6 +31,9 @@ class Translation(TaskSpec):
     def output(self, name, results, manifest):
         return as_bytes_tensor([r["translation"] for r in results])
 
+    def agrees(self, a, b):  # the same translation
+        return a["translation"] == b["translation"]
+
     def model_parameters(self, manifest):
         p = manifest.preprocessing
         return {**super().model_parameters(manifest), "source_lang": p.source_lang, "target_lang": p.target_lang}
