@@ -229,6 +229,16 @@ def test_probes_metrics_and_docs_stay_open_and_metadata_does_not(server):
         client.close()
 
 
+def test_the_repository_api_wants_the_admin_scope(server, keys, text_model):
+    """With keys on, /v2/repository/... takes a key with the admin scope (no SERVICE_ADMIN_TOKEN needed)."""
+    url = f"{server.url}/v2/repository/index"
+    assert httpx.post(url, timeout=30).status_code == 401
+    assert httpx.post(url, headers={"x-api-key": keys["team"]}, timeout=30).status_code == 403
+    resp = httpx.post(url, headers={"authorization": f"Bearer {keys['ops']}"}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert text_model in {row["name"] for row in resp.json()}
+
+
 def test_keys_never_reach_the_log_or_an_answer(server, keys, text_model):
     resp = _json(server, keys["ops"], text_model)
     bad = "msk_" + "z" * 43
