@@ -112,9 +112,9 @@ def training_cli(registry: Path, *args: str) -> None:
 
 
 def switched_at(run: Run, since: float, until: float, new: str) -> float:
-    """Seconds from ``since`` until the last answer (sent before ``until``) that was not ``new``: every
-    worker had switched after it."""
-    old = [a.t + a.seconds for a in run.answers if since <= a.t < until and a.version not in (new, None)]
+    """Seconds from ``since`` until the last request (sent before ``until``) that an old version answered:
+    every request sent after it got ``new``, whichever worker took it."""
+    old = [a.t for a in run.answers if since <= a.t < until and a.version not in (new, None)]
     return (max(old) - since) if old else 0.0
 
 

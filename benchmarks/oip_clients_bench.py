@@ -30,22 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from service_bench import Server, machine, sample_item, versions, write_results  # noqa: E402
+from service_bench import Server, machine, oip_input, sample_item, versions, write_results  # noqa: E402
 
 from modelkit.registry import load_version  # noqa: E402
 
 SECTION_START = "<!-- oip_clients_bench:start -->"
 SECTION_END = "<!-- oip_clients_bench:end -->"
-
-
-def _input(module, task: str, item):
-    if task == "image-classification":
-        tensor = module.InferInput("image_bytes", [1], "BYTES")
-        tensor.set_data_from_numpy(np.array([item], dtype=object))
-    else:
-        tensor = module.InferInput("text", [1], "BYTES")
-        tensor.set_data_from_numpy(np.array([item.encode("utf-8")], dtype=object))
-    return tensor
 
 
 async def drive(door: str, address: str, name: str, task: str, item, clients: int, requests: int) -> dict:
@@ -55,7 +45,7 @@ async def drive(door: str, address: str, name: str, task: str, item, clients: in
     else:
         import tritonclient.grpc.aio as module
     client = module.InferenceServerClient(address)
-    tensor = _input(module, task, item)
+    tensor = oip_input(module, task, item)
     output = "translation" if task == "translation" else "label"
     latencies: list[float] = []
     errors = 0

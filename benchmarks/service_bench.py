@@ -290,7 +290,8 @@ class DoorRequest:
     run: object  # the load generator function
 
 
-def _oip_input(module, task: str, item):
+def oip_input(module, task: str, item):
+    """One item as the OIP input tensor a tritonclient user builds (``module``: tritonclient.http or .grpc)."""
     if task == "image-classification":
         tensor = module.InferInput("image_bytes", [1], "BYTES")
         tensor.set_data_from_numpy(np.array([item], dtype=object))
@@ -309,14 +310,14 @@ def door_request(door: str, server: "Server", name: str, task: str, item, json_b
         import tritonclient.http as thttp
         from tritonclient.http._utils import _get_inference_request
 
-        body, json_size = _get_inference_request([_oip_input(thttp, task, item)], "", None, 0, False, False, 0,
+        body, json_size = _get_inference_request([oip_input(thttp, task, item)], "", None, 0, False, False, 0,
                                                  None, None)
         headers = {"Inference-Header-Content-Length": str(json_size)} if json_size is not None else {}
         return DoorRequest(door, f"{server.url}/v2/models/{name}/infer", body, headers, wrk)
     import tritonclient.grpc as tgrpc
     from tritonclient.grpc._utils import _get_inference_request as grpc_request
 
-    message = grpc_request(name, [_oip_input(tgrpc, task, item)], "", "", None, 0, False, False, 0, None,
+    message = grpc_request(name, [oip_input(tgrpc, task, item)], "", "", None, 0, False, False, 0, None,
                            None).SerializeToString()
     framed = b"\x00" + len(message).to_bytes(4, "big") + message  # gRPC length-prefixed message
     return DoorRequest(door, f"http://{server.grpc_address}/inference.GRPCInferenceService/ModelInfer", framed,

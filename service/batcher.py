@@ -76,6 +76,7 @@ class _Job:
     key: tuple
     future: asyncio.Future
     enqueued_at: float
+    inline: bool = True  # may run on the event loop (see Batcher._inline_ok)
     deadline: float | None = None  # time.monotonic()
     estimate_s: float = 0.0  # expected model time of its items
     results: list[dict] = field(default_factory=list)
@@ -143,11 +144,17 @@ class Batcher:
                              f"its deadline is in {deadline - now:.2f} s", retry_after=wait)
         return key, deadline, estimate
 
-    async def submit(self, items: list[Any], options: dict[str, Any] | None = None) -> list[dict]:
+    async def submit(self, items: list[Any], options: dict[str, Any] | None = None, *, inline: bool = True
+                     ) -> list[dict]:
         """Results for ``items`` (already validated), in order; raises what the model raised.
 
         Reads the request's deadline (``service.deadlines.current``): ``Overloaded`` at once when the
         queue would not reach these items in time (``admit``), ``DeadlineExceeded`` when it passes.
+
+        ``inline=False``: never run this request's batch on the event loop. A door whose next requests
+        the Traffic count cannot see (gRPC: grpc.aio starts handlers one at a time, each submitting
+        without an await) would otherwise have every request run alone on a loop that, while it runs
+        the model, accepts no other request (measured at 32 gRPC clients: batches of 1.4 items).
         """
         if not items:
             return []
@@ -158,7 +165,7 @@ class Batcher:
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._run_forever(), name=f"batcher-{self.name}")
-        job = _Job(list(items), options, key, loop.create_future(), loop.time(), deadline, estimate)
+        job = _Job(list(items), options, key, loop.create_future(), loop.time(), inline, deadline, estimate)
         self._pending.append(job)
         self._queued_items += len(items)
         self._queued_s += estimate
@@ -182,6 +189,9 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            # Requests whose handlers are ready to run in this loop iteration join first: gRPC handlers
+            # submit without awaiting anything, so the Traffic count never shows them arriving.
+            await asyncio.sleep(0)
             first = self._pending[0]
             deadline = first.enqueued_at + self.max_wait_s
             while self._items_with_key(first.key) < self.max_batch_size:
@@ -240,7 +250,7 @@ class Batcher:
         key = live[0].key
         self._busy_until = now + sum(j.estimate_s for j in live)
         try:
-            if self._inline_ok(len(items)):
+            if self._inline_ok(len(items)) and all(j.inline for j in live):
                 results = self._call(items, live[0].options, waits, key)
             else:
                 results = await loop.run_in_executor(self._executor, self._call, items, live[0].options, waits, key)

@@ -61,10 +61,11 @@ def _refusal(model: ServedModel, exc: Overloaded | DeadlineExceeded) -> ServiceE
                         retry_after=exc.retry_after)
 
 
-async def predict(model: ServedModel, items: list[Any], options: dict[str, Any]) -> list[dict]:
+async def predict(model: ServedModel, items: list[Any], options: dict[str, Any], *, inline: bool = True
+                  ) -> list[dict]:
     """Validated items through the model's batcher; 503 when its queue is full, 500 when it fails."""
     try:
-        return await model.batcher.submit(items, options)
+        return await model.batcher.submit(items, options, inline=inline)
     except (Overloaded, DeadlineExceeded) as exc:
         raise _refusal(model, exc) from None
     except InputError as exc:  # a runtime refusing an item at predict time
@@ -77,7 +78,7 @@ async def predict(model: ServedModel, items: list[Any], options: dict[str, Any])
 
 
 async def infer(worker: Worker, route: Route, items: Sequence[Any], given: Mapping[str, Any], *,
-                field: str) -> tuple[list[dict], dict[str, Any]]:
+                field: str, inline: bool = True) -> tuple[list[dict], dict[str, Any]]:
     """Results for ``items`` (named ``field`` in errors) with options ``given``; returns (results, options).
 
     The version's in-flight count covers the whole call, so a replaced version is freed only once
@@ -92,7 +93,7 @@ async def infer(worker: Worker, route: Route, items: Sequence[Any], given: Mappi
         worker.check_count(len(items), field)
         spec = model.spec
         options = spec.resolve_options(model.manifest, given)
-        results = await _validated_predict(model, items, options, field)
+        results = await _validated_predict(model, items, options, field, inline)
         status = 200
     except ServiceError as err:
         status = err.status
@@ -101,12 +102,12 @@ async def infer(worker: Worker, route: Route, items: Sequence[Any], given: Mappi
         model.in_flight -= 1
         telemetry.record_version_request(model, route.via, status, time.perf_counter() - t0)
     if route.shadow is not None:
-        shadow.mirror(route, list(items), options, results, field)
+        shadow.mirror(worker, route, list(items), options, results, field)
     return results, options
 
 
 async def _validated_predict(model: ServedModel, items: Sequence[Any], options: dict[str, Any],
-                             field: str) -> list[dict]:
+                             field: str, inline: bool) -> list[dict]:
     runtime_options = model.spec.runtime_options(model.manifest, options)
     try:  # refuse an overload before validating (tokenizing, decoding) the items; submit checks again
         model.batcher.admit(len(items), runtime_options)
@@ -116,4 +117,4 @@ async def _validated_predict(model: ServedModel, items: Sequence[Any], options: 
         valid = await anyio.to_thread.run_sync(validate_items, model, items, field)
     else:
         valid = validate_items(model, items, field)
-    return await predict(model, valid, runtime_options)
+    return await predict(model, valid, runtime_options, inline=inline)

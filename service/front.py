@@ -86,12 +86,17 @@ class Front:
         self.app = app
         self.worker_of = worker_of
         self.guard_of = guard_of
+        self._worker: Worker | None = None  # found once: a process serves one worker for its lifetime
+        self._guard: Guard | None = None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        worker = self.worker_of()
-        guard = self.guard_of()
+        worker, guard = self._worker, self._guard
+        if worker is None:
+            worker = self._worker = self.worker_of()
+        if guard is None:
+            guard = self._guard = self.guard_of()
         scope[WORKER_KEY] = worker
         if guard is not None and guard.drain.draining:
             send = _closing(send)

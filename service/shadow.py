@@ -8,7 +8,6 @@ version's, with ``route="shadow"``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -17,13 +16,13 @@ from . import telemetry
 from .errors import ServiceError
 
 if TYPE_CHECKING:
-    from .worker import Route
+    from .worker import Route, Worker
 
 log = logging.getLogger("service.shadow")
-_tasks: set[asyncio.Task] = set()  # keeps running comparisons referenced until they finish
 
 
-def mirror(route: "Route", items: list[Any], options: dict[str, Any], primary: list[dict], field: str) -> None:
+def mirror(worker: "Worker", route: "Route", items: list[Any], options: dict[str, Any], primary: list[dict],
+           field: str) -> None:
     """Send ``items`` to ``route.shadow`` in the background and record the agreement with ``primary``.
 
     Skipped (and counted) while the candidate already has a full batch waiting: mirrored traffic
@@ -33,9 +32,7 @@ def mirror(route: "Route", items: list[Any], options: dict[str, Any], primary: l
     if candidate.batcher is None or candidate.batcher.queued_items >= candidate.batcher.max_batch_size:
         telemetry.record_shadow_skipped(route.model, candidate, len(items))
         return
-    task = asyncio.get_running_loop().create_task(_compare(route, items, options, primary, field))
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
+    worker.background(_compare(route, items, options, primary, field))
 
 
 async def _compare(route: "Route", items: list[Any], options: dict[str, Any], primary: list[dict], field: str) -> None:
@@ -59,9 +56,3 @@ async def _compare(route: "Route", items: list[Any], options: dict[str, Any], pr
     finally:
         candidate.in_flight -= 1
         telemetry.record_version_request(candidate, "shadow", status, time.perf_counter() - t0)
-
-
-async def settle() -> None:
-    """Wait for every running comparison (tests)."""
-    while _tasks:
-        await asyncio.gather(*list(_tasks), return_exceptions=True)

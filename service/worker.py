@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ class Worker:
         self.models = models
         self.traffic = traffic
         self.lifecycle = Lifecycle(settings, models, traffic)
+        self._background: set[asyncio.Task] = set()  # running tasks nobody awaits (shadow comparisons)
 
     @classmethod
     def start(cls, settings: ServiceSettings) -> "Worker":
@@ -38,6 +40,12 @@ class Worker:
         worker = cls(settings, {}, Traffic())
         worker.lifecycle.load_initial()
         return worker
+
+    def background(self, coro: Coroutine) -> None:
+        """Run ``coro`` on the worker's event loop without anyone waiting for it (kept referenced until done)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @property
     def ready(self) -> bool:

@@ -19,8 +19,9 @@ from service_support import names_by_task, smoke_models  # noqa: F401  (fixture)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("service_bench", ROOT / "benchmarks" / "service_bench.py")
+def _bench(name: str = "service_bench"):
+    """A script of benchmarks/ imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -102,10 +103,7 @@ def test_grpc_errors_inside_http_200_are_counted(smoke_models, tmp_path):  # noq
 
 
 def test_oip_clients_bench_drives_both_doors_through_tritonclient(smoke_models, tmp_path):  # noqa: F811
-    spec = importlib.util.spec_from_file_location("oip_clients_bench", ROOT / "benchmarks" / "oip_clients_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = _bench("oip_clients_bench")
     by_task = names_by_task(smoke_models)
     models = [by_task["text-classification"], by_task["image-classification"]]
     results = tmp_path / "RESULTS.md"
@@ -121,10 +119,7 @@ def test_oip_clients_bench_drives_both_doors_through_tritonclient(smoke_models, 
 
 
 def test_lifecycle_bench_promotes_and_rolls_back_under_load(smoke_models, tmp_path):
-    spec = importlib.util.spec_from_file_location("lifecycle_bench", ROOT / "benchmarks" / "lifecycle_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = _bench("lifecycle_bench")
     name = names_by_task(smoke_models)["text-classification"]
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n")
@@ -138,10 +133,7 @@ def test_lifecycle_bench_promotes_and_rolls_back_under_load(smoke_models, tmp_pa
 
 
 def test_shadow_bench_runs_with_and_without_a_shadow(smoke_models, tmp_path):
-    spec = importlib.util.spec_from_file_location("shadow_bench", ROOT / "benchmarks" / "shadow_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = _bench("shadow_bench")
     name = names_by_task(smoke_models)["text-classification"]
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n")

@@ -110,7 +110,8 @@ def outputs_for(model: ServedModel, results: Sequence[dict], requested: list[Req
     return out
 
 
-async def infer(worker: Worker, route: Route, request: InferRequest) -> list[tuple[str, str, np.ndarray, bool]]:
+async def infer(worker: Worker, route: Route, request: InferRequest, *, inline: bool = True
+                ) -> list[tuple[str, str, np.ndarray, bool]]:
     """An OIP inference request through the dataplane; the output tensors to send back."""
     model = route.model
     if request.outputs is not None:  # an unknown output is refused before any work is done
@@ -122,6 +123,6 @@ async def infer(worker: Worker, route: Route, request: InferRequest) -> list[tup
     items, field = items_from(model, request.inputs)
     given = options_from(model, request.parameters)
     deadlines.apply_parameters(request.parameters)
-    results, _ = await dataplane.infer(worker, route, items, given, field=field)
+    results, _ = await dataplane.infer(worker, route, items, given, field=field, inline=inline)
     binary_default = bool(request.parameters.get("binary_data_output", False))
     return outputs_for(model, results, request.outputs, binary_default)

@@ -201,7 +201,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         request_id = request.id or dict(context.invocation_metadata() or ()).get("x-request-id")
         route = self.worker.route(request.model_name, request.model_version or None, request_id)
         model = route.model
-        outputs = await oip.infer(self.worker, route, decoded)
+        outputs = await oip.infer(self.worker, route, decoded, inline=False)  # see Batcher.submit
         response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
         for name, datatype, arr, _ in outputs:
             response.outputs.add(name=name, datatype=datatype, shape=list(arr.shape))
