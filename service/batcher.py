@@ -15,8 +15,9 @@ in it is retried alone, so a failure reaches only the request that caused it.
 Admission: each model call's seconds per item are measured (per options, e.g. beam width), so the
 batcher knows how long its queue will take. A request whose deadline (``service.deadlines``)
 cannot be met is refused at once (``Overloaded`` with ``retry_after``: when the queue will have
-drained) instead of waiting to time out; a request whose deadline passes while it waits is
-answered ``DeadlineExceeded`` then, and its items are dropped before inference.
+drained) instead of waiting to time out; a request whose deadline passes while it waits, or
+that can no longer finish in time when its batch is taken (the model slowed down), is answered
+``DeadlineExceeded`` then, and its items are dropped before inference.
 """
 
 from __future__ import annotations
@@ -239,9 +240,15 @@ class Batcher:
     async def _run_jobs(self, jobs: list[_Job]) -> None:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        for job in jobs:  # a request past its deadline needs no inference
-            if job.deadline is not None and job.deadline <= now and not job.future.done():
+        for job in jobs:  # a request that cannot finish before its deadline needs no inference
+            if job.deadline is None or job.future.done():
+                continue
+            if job.deadline <= now:
                 job.future.set_exception(DeadlineExceeded(f"{self.name}: the request's deadline passed in the queue"))
+            elif now + len(job.items) * self.item_seconds(job.key, now) > job.deadline:
+                # the model slowed down since it was admitted: answer now and give its time to the others
+                job.future.set_exception(DeadlineExceeded(
+                    f"{self.name}: the request's deadline will pass before its items are through the model"))
         live = [j for j in jobs if not j.future.done()]  # a cancelled or expired request needs no inference
         if not live:
             return
