@@ -3,10 +3,14 @@
 Added to the BentoML service with ``add_asgi_middleware``, so the JSON API and the OIP REST door
 reach their handlers without BentoML's request context, Starlette's router and mount, or
 FastAPI's middleware: with one small item per request those layers cost more CPU than the
-model (benchmarks/RESULTS.md). For each request it checks the body size and content type before
-anything reads the body, keeps the traffic count the batchers read, records the request metrics
-with the door's protocol label, and renders a ``ServiceError`` the way the door's protocol says.
-Everything else (``/metrics``, the OpenAPI page, BentoML's probes) goes on to the app below.
+model (benchmarks/RESULTS.md). For each request it checks the API key and the rate limit
+(``service.guard``: scope ``admin`` for ``/v2/repository/...``, ``infer`` otherwise), the body's
+content type and size (``Content-Length`` before reading, and every byte while reading, so a
+chunked body is cut off at the limit), sets the request's deadline, keeps the traffic count the
+batchers read, records the request metrics with the door's protocol label, and renders a
+``ServiceError`` the way the door's protocol says. Everything else (``/metrics``, the OpenAPI
+page, BentoML's probes) goes on to the app below, behind the same key check unless open. While
+the worker drains (SIGTERM), every answer carries ``Connection: close``.
 """
 
 from __future__ import annotations

@@ -135,12 +135,13 @@ def test_a_model_file_corrupted_while_serving_keeps_serving_and_a_reload_refuses
     probe = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(f"""
             import json
-            from service.models import load_all
+            from service.batcher import Traffic
+            from service.models import load_model
             from service.settings import ServiceSettings
-            models = load_all(ServiceSettings(registry={str(registry)!r}, models=[{name!r}], warmup=False))
-            m = models[{name!r}]
+            m = load_model(ServiceSettings(registry={str(registry)!r}, warmup=False), {name!r}, None, Traffic())
             print(json.dumps({{"status": m.status, "reason": m.reason}}))
         """)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0 and probe.stdout.strip(), probe.stderr[-2000:]
     result = json.loads(probe.stdout.strip().splitlines()[-1])
     reason = result["reason"].lower()
     assert result["status"] == "failed" and ("sha256" in reason or "checksum" in reason), result
