@@ -184,6 +184,7 @@ class TrainingInfo(_Strict):
     duration_s: float
     device: str
     num_parameters: int
+    world_size: int = Field(1, ge=1)  # training processes (torchrun)
 
 
 class ExporterComparison(_Strict):

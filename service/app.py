@@ -111,7 +111,7 @@ class ModelService:
     async def stop_grpc(self) -> None:
         """No new RPCs; running ones get the shutdown timeout (called by the drain, and at shutdown)."""
         if self.grpc_server is not None:
-            await self.grpc_server.stop(grace=SETTINGS.shutdown.timeout_s)
+            await self.grpc_server.stop(grace=self.guard.drain.timeout_s)
 
     @bentoml.on_shutdown
     async def stop_background(self) -> None:

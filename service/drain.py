@@ -13,9 +13,10 @@ handler): it takes over SIGTERM. On the signal, ``draining`` turns true (``/read
 ready endpoints say not ready, HTTP answers carry ``Connection: close`` so keep-alive clients
 reconnect elsewhere) and requests are still served for ``grace_s``. Then the stop hooks run (the
 gRPC door stops taking RPCs and lets running ones finish) and uvicorn's own handler is called
-with ``timeout_s`` as its graceful-shutdown timeout: the listener closes, queued and in-flight
-requests finish (their deadlines bound them), and the worker exits. A second SIGTERM during the
-grace period is ignored; SIGINT (Ctrl+C) still stops at once.
+with the rest of ``total_s`` (``SERVICE_DRAIN_SECONDS``) as its graceful-shutdown timeout: the
+listener closes, queued and in-flight requests finish (their deadlines bound them), and the
+worker exits; what still runs at ``total_s`` is cancelled. A second SIGTERM during the grace
+period is ignored; SIGINT (Ctrl+C) still stops at once.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ log = logging.getLogger("service.drain")
 class Drain:
     """One worker's drain state; ``install`` on its event loop once the server runs."""
 
-    def __init__(self, grace_s: float, timeout_s: float):
+    def __init__(self, grace_s: float, total_s: float):
         self.grace_s = grace_s
-        self.timeout_s = timeout_s
+        self.total_s = total_s
         self.draining = False
         self.since: float | None = None
         self.stopping = False
@@ -42,9 +43,10 @@ class Drain:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server_handler = None
 
-    @classmethod
-    def from_settings(cls, settings) -> Drain:
-        return cls(settings.grace_s, settings.timeout_s)
+    @property
+    def timeout_s(self) -> float:
+        """Seconds left for requests in flight once the grace period is over."""
+        return max(0.1, self.total_s - self.grace_s)
 
     def on_stop(self, hook: Callable[[], object]) -> None:
         """Call ``hook`` (on the event loop) when the grace period ends; a coroutine it returns is scheduled."""

@@ -27,7 +27,7 @@ class Guard:
         self.open_docs = settings.auth.open_docs
         self.limits = RateLimiter.from_settings(settings.rate_limit)
         self.deadlines = Deadlines(settings.deadlines)
-        self.drain = Drain.from_settings(settings.shutdown)
+        self.drain = Drain(min(settings.shutdown_grace_s, settings.drain_seconds), settings.drain_seconds)
 
     def is_open(self, path: str) -> bool:
         """An HTTP path any caller may reach without a key (and without counting against a rate limit)."""

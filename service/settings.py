@@ -75,14 +75,6 @@ class DeadlineSettings(BaseModel):
     max_s: float = Field(120.0, gt=0, description="longest deadline a client may ask for")
 
 
-class ShutdownSettings(BaseModel):
-    """What a worker does on SIGTERM (service/drain.py)."""
-
-    grace_s: float = Field(5.0, ge=0, description="readiness is 503 and requests are still served this long "
-                           "(load balancers stop sending) before the worker stops accepting")
-    timeout_s: float = Field(20.0, gt=0, description="then queued and in-flight requests get this long to finish")
-
-
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SERVICE_", env_nested_delimiter="__", extra="ignore")
 
@@ -153,7 +145,12 @@ class ServiceSettings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     deadlines: DeadlineSettings = Field(default_factory=DeadlineSettings)
-    shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
+    # on SIGTERM (service/drain.py): readiness fails at once, requests are still taken for shutdown_grace_s,
+    # then the rest of drain_seconds goes to requests in flight, then the worker exits
+    drain_seconds: float = Field(20.0, gt=0, description="longest a worker keeps going after SIGTERM (grace period "
+                                 "included) before it cancels what is still running and exits")
+    shutdown_grace_s: float = Field(5.0, ge=0, description="after SIGTERM, requests are still taken this long "
+                                    "(while load balancers stop sending) before the worker stops accepting")
 
     grpc: bool = Field(True, description="serve the Open Inference Protocol over gRPC too (every worker)")
     grpc_host: str = Field("0.0.0.0", description="address the gRPC door binds")

@@ -19,6 +19,12 @@ def _smoke_models() -> list[str]:
     return list(available_models())
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _checkpoints_in_tmp(tmp_path_factory):
+    """Training runs in the tests keep their checkpoints in a temporary folder, not ./checkpoints."""
+    os.environ.setdefault("TRAINING_CHECKPOINT_DIR", str(tmp_path_factory.mktemp("checkpoints")))
+
+
 @pytest.fixture(scope="session")
 def smoke_registry(tmp_path_factory) -> Path:
     """Path of a registry holding one gate-passing smoke version of every registered model."""

@@ -65,7 +65,7 @@ def serve(registry: Path, workdir: Path, *, env: dict[str, str] | None = None, r
         "SERVICE_GRPC_HOST": "127.0.0.1",
         "SERVICE_GRPC_PORT": str(grpc_port),
         # stop at once when the test is done (the drain's grace period is tested on its own)
-        "SERVICE_SHUTDOWN__GRACE_S": "0",
+        "SERVICE_SHUTDOWN_GRACE_S": "0",
         **(env or {}),
     }
     with open(log_path, "wb") as log_file:

@@ -150,7 +150,7 @@ def container(docker_env, cpu_image, readable_registry):
         # capabilities, no privilege escalation, Docker's default seccomp profile (RuntimeDefault)
         "--read-only", "--tmpfs", "/tmp", "--tmpfs", f"/home/app/bentoml:uid={SERVICE_UID},gid={SERVICE_UID}",
         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-        "-e", "SERVICE_SHUTDOWN__GRACE_S=1",
+        "-e", "SERVICE_SHUTDOWN_GRACE_S=1",
         "-e", "BENTOML_HOST=127.0.0.1", "-e", f"BENTOML_PORT={port}",
         "-e", "MODEL_REGISTRY=/mnt/registry", "-e", "SERVICE_PROVIDER=cpu",
         # one onnxruntime thread here and in the in-process reference: same arithmetic, same answers

@@ -70,7 +70,7 @@ def render(target: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
-@pytest.fixture(scope="module", params=["base", "overlays/gpu", "overlays/registry-pvc"])
+@pytest.fixture(scope="module", params=["base", "overlays/gpu", "overlays/registry-pvc", "overlays/load-hpa"])
 def rendered(request, tmp_path_factory):
     docs = render(request.param)
     path = tmp_path_factory.mktemp("k8s") / "rendered.yaml"
@@ -143,8 +143,9 @@ def test_deployment_probes_resources_and_security(rendered):
 
 def test_pod_is_locked_down_and_its_stop_matches_the_drain(rendered):
     """Read-only root, no capabilities, seccomp RuntimeDefault, non-root, limits; preStop and the grace period
-    cover the service's drain (service/drain.py: SIGTERM -> grace_s serving -> timeout_s for requests in flight)."""
-    from service.settings import ShutdownSettings
+    cover the service's drain (service/drain.py: SIGTERM -> SERVICE_SHUTDOWN_GRACE_S still serving -> the rest of
+    SERVICE_DRAIN_SECONDS for requests in flight -> exit)."""
+    from service.settings import ServiceSettings
 
     _, docs, _ = rendered
     pod = by_kind(docs)["Deployment"]["spec"]["template"]["spec"]
@@ -160,9 +161,13 @@ def test_pod_is_locked_down_and_its_stop_matches_the_drain(rendered):
     writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
     assert writable == {"/tmp", "/home/app/bentoml"}, writable  # everything else is the read-only image
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
-    assert pre_stop[0] == "/bin/sleep"
-    drain = ShutdownSettings()
-    needed = int(pre_stop[1]) + drain.grace_s + drain.timeout_s + 1  # + about a second to exit (measured)
+    assert pre_stop[0] in ("sleep", "/bin/sleep")
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    defaults = ServiceSettings.model_fields
+    drain = float(env.get("SERVICE_DRAIN_SECONDS", defaults["drain_seconds"].default))
+    grace = float(env.get("SERVICE_SHUTDOWN_GRACE_S", defaults["shutdown_grace_s"].default))
+    assert 0 < grace < drain  # the grace period is part of the drain, not added to it
+    needed = float(pre_stop[1]) + drain + 1  # + about a second to exit (measured: 1.1 s)
     assert needed <= pod["terminationGracePeriodSeconds"] <= needed + 10, (needed, pod["terminationGracePeriodSeconds"])
 
 

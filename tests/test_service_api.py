@@ -182,8 +182,9 @@ def test_classify_multi_label_returns_labels_above_threshold(client, tasks, regi
         expected = [lab for i, lab in enumerate(runtime.labels) if scores[lab] >= thresholds[i]]
         got = [lab["label"] for lab in result["labels"]]
         assert sorted(got) == sorted(expected)  # exactly the labels at or above their own threshold
-        assert [lab["score"] for lab in result["labels"]] == sorted((scores[g] for g in got), reverse=True)
-        for lab in result["labels"]:
+        served = [lab["score"] for lab in result["labels"]]
+        assert served == sorted(served, reverse=True)  # best first
+        for lab in result["labels"]:  # the service batches, the offline check does not: equal within 1e-6
             assert abs(lab["score"] - scores[lab["label"]]) < 1e-6
 
 

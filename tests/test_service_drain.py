@@ -72,7 +72,7 @@ def translator(smoke_models: Path) -> str:
 
 def test_sigterm_under_load_loses_no_request_sent_before_the_grace_period_ends(smoke_models, translator, tmp_path):
     env = {"SERVICE_WORKERS": "2", "SERVICE_MODELS": json.dumps([translator]),
-           "SERVICE_SHUTDOWN__GRACE_S": str(GRACE_S), "SERVICE_SHUTDOWN__TIMEOUT_S": "20"}
+           "SERVICE_SHUTDOWN_GRACE_S": str(GRACE_S), "SERVICE_DRAIN_SECONDS": "22"}
     with serve(smoke_models, tmp_path / "serve", env=env) as srv:
         body = {"model": translator, "texts": SENTENCES, "num_beams": 4, "max_new_tokens": 32}
         slow_body = {"model": translator, "texts": SENTENCES * 8, "num_beams": 8, "max_new_tokens": 128}

@@ -32,6 +32,14 @@ def test_overrides_reach_the_config():
     assert cfgs["topics"].model.threshold == "per_label"
 
 
+def test_overrides_do_not_leak_into_the_next_resolution():
+    """--set edits a copy: the ViT family shares its preset dicts, which one in-process run changed for the next."""
+    for name in ("fashion", "sentiment", "de-en"):
+        changed = resolve_configs([name], "smoke", sets=["train.batch_size=33", "train.epochs=7"])[name].train
+        fresh = resolve_configs([name], "smoke")[name].train
+        assert (changed.batch_size, changed.epochs) == (33, 7) and (fresh.batch_size, fresh.epochs) != (33, 7)
+
+
 def test_config_file_and_data_flag(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('[sentiment.train]\nepochs = 5\n[sentiment.model]\nhidden_size = 64\n', encoding="utf-8")

@@ -3,11 +3,15 @@
 Exit codes: 0 ok; 1 a model failed its gate (published, not servable, LATEST untouched; or
 ``promote`` refused a gate-failed version); 2 bad config, bad data or an unknown model/version
 (nothing published, LATEST untouched).
+
+``torchrun --nproc-per-node N -m training train ...`` trains each model with N processes
+(DistributedDataParallel); rank 0 publishes.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import multiprocessing
 import os
@@ -52,7 +56,7 @@ def resolve_configs(
         presets = registered[n].presets()
         if preset not in presets:
             raise ConfigError(f"{n}: family has no {preset!r} preset")
-        raw[n] = presets[preset]
+        raw[n] = copy.deepcopy(presets[preset])  # --set edits it in place; a family may share its dicts
     if config_file:
         file_cfg = load_config_file(config_file)
         for n, section in file_cfg.items():
@@ -106,18 +110,32 @@ def _train_one(name: str, cfg: ModelConfig, options: dict) -> tuple[bool, object
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import env_world_size, init_from_env, shutdown, uses_cuda
     from .families import available_models
 
     configs = resolve_configs(
         args.models, args.preset, config_file=args.config, data=args.data or [], sets=args.set or []
     )
-    jobs = parallel_jobs(args.jobs, configs, available_models())
+    distributed = env_world_size() > 1
+    jobs = 1 if distributed else parallel_jobs(args.jobs, configs, available_models())
+    ctx = init_from_env(use_cuda=uses_cuda(configs)) if distributed else None
+    try:
+        return _run_all(args, configs, jobs, ctx)
+    finally:
+        if ctx is not None:
+            shutdown(ctx)
+
+
+def _run_all(args: argparse.Namespace, configs: dict[str, ModelConfig], jobs: int, ctx) -> int:
     registry = Path(args.registry) if args.registry else default_root()
     options = {
         "registry_root": registry, "data_dir": Path(args.data_dir), "preset": args.preset,
         "command": "python -m training " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "checkpoint_dir": Path(args.checkpoint_dir), "resume": args.resume,
         "promote": not args.no_promote,
     }
+    if ctx is not None:
+        options["ctx"] = ctx
     failed: list[str] = []
     summary = []
     t_all = time.perf_counter()
@@ -131,7 +149,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name, (passed, result) in outcomes.items():
         if not passed:
             failed.append(name)
-        summary.append(result)
+        if result is not None:  # None: a torchrun rank > 0 (rank 0 publishes and reports)
+            summary.append(result)
+    if ctx is not None and not ctx.is_main:
+        return 0
     total = time.perf_counter() - t_all
     print(f"\n=== {len(summary)} model(s) in {total:.0f} s ===")
     for r in summary:
@@ -317,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(train)
     train.add_argument("--registry", help="registry root (default $MODEL_REGISTRY or ./exported)")
     train.add_argument("--data-dir", default="data", help="where dataset snapshots are written (default ./data)")
+    train.add_argument("--resume", action="store_true", help="continue each model from its checkpoint in "
+                       "--checkpoint-dir when there is one (a killed run; a fresh start otherwise)")
+    train.add_argument("--checkpoint-dir", default=os.environ.get("TRAINING_CHECKPOINT_DIR", "checkpoints"),
+                       help="where run checkpoints are kept until the model is published "
+                       "(default $TRAINING_CHECKPOINT_DIR or ./checkpoints)")
     train.add_argument("--no-promote", action="store_true",
                        help="publish a version that passes its gate without moving LATEST (roll it out as a "
                        "candidate first, then `promote` it)")

@@ -45,8 +45,11 @@ class TrainConfig(_Strict):
     """Generic trainer settings (training/trainer.py)."""
 
     epochs: int = Field(3, ge=1)
+    # global batch: all processes together (under torchrun each takes a share of its rows), and
+    # lr is the rate for that batch; neither is rescaled by the process count, so one process and
+    # N processes train the same recipe
     batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(256, ge=1)
+    eval_batch_size: int = Field(256, ge=1)  # per process
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
@@ -62,6 +65,8 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None = torch default
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = CUDA when torch sees a GPU
     progress: bool = True  # tqdm bar
+    # resumable runs: a checkpoint every N optimizer steps (and after every epoch); None = epochs only
+    checkpoint_every: int | None = Field(500, ge=1)
 
 
 class ExportConfig(_Strict):

@@ -16,8 +16,8 @@ How to add a family
    this order:
 
    ``prepare_data`` -> ``baselines`` -> ``build_model`` -> trainer loop over ``batches`` /
-   ``loss`` with ``validate`` each epoch (early stopping on ``cfg.train.monitor`` or the
-   family's ``headline_metric``, higher is better) -> ``write_assets`` (tokenizer / preprocessing
+   ``loss`` with ``validate`` (``val_outputs`` then ``val_metrics``) each epoch (early
+   stopping on ``cfg.train.monitor`` or the family's ``headline_metric``, higher is better) -> ``write_assets`` (tokenizer / preprocessing
    files into the staging folder, manifest pre/post-processing) -> ``export_graphs`` (the
    pipeline exports every :class:`GraphExport` with the legacy and dynamo exporters, checks
    parity on its ``sample_inputs``, times both, keeps the faster passing one, quantizes int8)
@@ -28,6 +28,11 @@ How to add a family
 4. Serving code for the family lives in ``modelkit/`` (torch-free) and is registered by task
    in ``modelkit/runtimes/__init__.py``; ``evaluate`` must use it so that serving and
    evaluation cannot disagree.
+
+Distributed runs (``torchrun``, see training/distributed.py): every rank calls ``batches``
+with the same seed and keeps its share of each global batch's rows, so ``batches`` must be
+deterministic given its seed and build every tensor with rows on dim 0. ``loss`` may get the
+model wrapped in DistributedDataParallel (use ``training.distributed.unwrap`` for attributes).
 
 Devices: the trainer moves the model to ``cfg.train.device`` (CUDA when available with "auto")
 and moves each training batch's tensors before ``loss``; ``validate`` gets the model on that
@@ -163,9 +168,28 @@ class Family(ABC):
     def loss(self, model: "torch.nn.Module", batch: dict[str, "torch.Tensor"]) -> "torch.Tensor":
         """Scalar training loss of one batch."""
 
+    def batch_weight(self, batch: dict[str, "torch.Tensor"]) -> float:
+        """What ``loss`` averages over in ``batch`` (rows by default; tokens for a token-mean loss).
+
+        Under torchrun each rank takes a share of the rows of a global batch; the trainer weighs
+        each share's loss by its weight so the summed gradient equals the one-process gradient.
+        """
+        return float(len(next(v for v in batch.values() if hasattr(v, "shape"))))
+
     @abstractmethod
+    def val_outputs(self, model: "torch.nn.Module", cfg: ModelConfig, splits: Splits, rows: np.ndarray) -> list:
+        """Per-row outputs (picklable; e.g. class probabilities) for validation ``rows``, in order.
+
+        Eval mode, no grad. Under torchrun every rank computes its own share of the rows.
+        """
+
+    @abstractmethod
+    def val_metrics(self, outputs: list, cfg: ModelConfig, splits: Splits) -> dict[str, float]:
+        """Validation metrics from the outputs of every validation row; include the monitored one."""
+
     def validate(self, model: "torch.nn.Module", cfg: ModelConfig, splits: Splits) -> dict[str, float]:
-        """Validation metrics of the torch model (eval mode, no grad); include the monitored one."""
+        """Validation metrics of the torch model over the whole validation split."""
+        return self.val_metrics(self.val_outputs(model, cfg, splits, np.arange(len(splits.val))), cfg, splits)
 
     # --- export and evaluation ----------------------------------------------------
     @abstractmethod

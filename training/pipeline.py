@@ -12,6 +12,7 @@ import platform
 import subprocess
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -22,12 +23,14 @@ from modelkit.manifest import GateResult, Manifest, ReferenceProfile, TrainingIn
 from modelkit.onnx_session import SessionSettings
 from modelkit.runtimes import create_runtime
 
+from . import checkpoint
 from .config import ModelConfig
+from .distributed import SINGLE, DistContext
 from .export import export_all
 from .family import Evaluation, Family
 from .gate import check_baseline_names, evaluate_gate
 from .model_card import write_model_card
-from .trainer import resolve_device, seed_everything, train
+from .trainer import Checkpointing, resolve_device, seed_everything, train
 
 LIBRARIES = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime", "scikit-learn", "numpy")
 
@@ -105,12 +108,22 @@ def run_model(
     preset: str,
     command: str,
     promote: bool = True,
-) -> ModelResult:
+    ctx: DistContext = SINGLE,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+) -> ModelResult | None:
     """Train, export, evaluate, gate and publish one model; returns its summary.
 
     ``promote=False`` publishes a version that passed its gate without moving LATEST (a candidate to
-    roll out first: ``python -m training promote`` moves LATEST later)."""
+    roll out first: ``python -m training promote`` moves LATEST later).
+    Under torchrun rank 0 prepares the data and sends it to the other ranks, every rank trains,
+    and rank 0 alone runs the baselines, exports, evaluates and publishes; the other ranks
+    return None.
+    ``checkpoint_dir``: where the run's checkpoint is kept (removed once the model is published).
+    """
     t0 = time.perf_counter()
+    main = ctx.is_main
+    say = print if main else (lambda *a, **k: None)
     stages: dict[str, float] = {}
 
     def stage(label: str, since: float) -> float:
@@ -119,13 +132,20 @@ def run_model(
         return now
 
     commit = git_commit()  # the code that trains, not whatever is checked out when it finishes
-    print(f"\n=== {name} ({family.task}, preset {preset}) ===", flush=True)
-    splits = family.prepare_data(cfg, data_dir)
-    print(f"  data: {splits.dataset.source}; splits {splits.dataset.split_sizes}; "
-          f"sha256 {splits.dataset.fingerprint[:12]}", flush=True)
+    say(f"\n=== {name} ({family.task}, preset {preset})"
+        + (f", {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else "") + " ===", flush=True)
+    ckpt = Checkpointing(checkpoint.checkpoint_path(checkpoint_dir, name), resume) if checkpoint_dir else None
+    if ckpt is not None and resume:
+        done = ctx.broadcast(_published_before(name, ckpt, cfg, registry_root) if main else None)
+        if done is not None:
+            return _already_published(name, done, registry_root, family) if main else None
+    splits = _data(name, family, cfg, data_dir, ckpt, ctx)
+    say(f"  data: {splits.dataset.source}; splits {splits.dataset.split_sizes}; "
+        f"sha256 {splits.dataset.fingerprint[:12]}", flush=True)
     t = stage("data", t0)
-    baselines = family.baselines(cfg, splits)
-    check_baseline_names(name, cfg.gate.criteria, baselines)
+    baselines = family.baselines(cfg, splits) if main else {}  # for the gate: rank 0's business
+    if main:
+        check_baseline_names(name, cfg.gate.criteria, baselines)
     for b, vals in baselines.items():
         print(f"  baseline {b}: " + ", ".join(f"{k} {v:.4f}" for k, v in vals.items()), flush=True)
     t = stage("baselines", t)
@@ -135,11 +155,13 @@ def run_model(
         torch.set_num_threads(cfg.train.threads)
     model = family.build_model(cfg, splits)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"  model: {n_params:,} parameters", flush=True)
-    staging = registry.staging_dir(registry_root, name)
+    say(f"  model: {n_params:,} parameters", flush=True)
+    staging = registry.staging_dir(registry_root, name) if main else None
     try:
-        trained = train(family, model, cfg, splits, log_path=staging / "train_log.jsonl",
-                        plots_dir=staging / "plots", label=name)
+        trained = train(family, model, cfg, splits, log_path=staging / "train_log.jsonl" if main else None,
+                        plots_dir=staging / "plots" if main else None, label=name, ctx=ctx, checkpointing=ckpt)
+        if not main:
+            return None
         t = stage("train", t)
         assets = family.write_assets(model, cfg, splits, staging)
         exported = export_all(family.export_graphs(model, cfg, splits), cfg.export, staging)
@@ -171,8 +193,9 @@ def run_model(
                 command=command,
                 config=cfg.model_dump(mode="json"),
                 duration_s=round(trained.duration_s, 1),
-                device=_device_name(cfg.train.device),
+                device=_device_name(cfg.train.device, ctx),
                 num_parameters=n_params,
+                world_size=ctx.world_size,
             ),
             reference_profile=ReferenceProfile(n_samples=0, features={}),
         )
@@ -195,9 +218,12 @@ def run_model(
         write_model_card(staging / "MODEL_CARD.md", manifest, family.card_notes(cfg, splits), plot_files)
         final = registry.publish(registry_root, staging, manifest, servable=manifest.gate.passed and promote)
     except BaseException:
-        registry.discard(staging)
-        _remove_if_empty(registry_root / name)
+        if staging is not None:
+            registry.discard(staging)
+            _remove_if_empty(registry_root / name)
         raise
+    if ckpt is not None:  # published (servable or not): nothing left to resume
+        checkpoint.finish(ckpt.path.parent, cfg, splits.dataset.fingerprint, version)
     seconds = time.perf_counter() - t0
     result = ModelResult(name, version, final, seconds, family.headline_metric, metrics, baselines, manifest.gate, stages)
     hm = family.headline_metric
@@ -212,9 +238,50 @@ def run_model(
     return result
 
 
-def _device_name(choice: str) -> str:
+def _published_before(name: str, ckpt: Checkpointing, cfg: ModelConfig, registry_root: Path) -> str | None:
+    """The version a finished run of this recipe published, if it is still in the registry."""
+    version = checkpoint.published(ckpt.path.parent, cfg)
+    if version is not None and not (registry_root / name / version / registry.MANIFEST_FILE).is_file():
+        print(f"  [{name}] --resume: the run had published {version}, no longer in {registry_root}; "
+              "training again", flush=True)
+        return None
+    return version
+
+
+def _already_published(name: str, version: str, registry_root: Path, family: Family) -> ModelResult:
+    """Report what the run published (GateFailed if that version failed its gate)."""
+    path = registry_root / name / version
+    manifest = Manifest.load(path / registry.MANIFEST_FILE)
+    print(f"  [{name}] --resume: this run already published {name}/{version}; not training it again", flush=True)
+    result = ModelResult(name, version, path, 0.0, family.headline_metric, manifest.metrics,
+                         manifest.baseline_metrics, manifest.gate)
+    if not manifest.gate.passed:
+        raise GateFailed(result)
+    return result
+
+
+def _data(name: str, family: Family, cfg: ModelConfig, data_dir: Path, ckpt: Checkpointing | None,
+          ctx: DistContext):
+    """The prepared splits: rank 0 prepares them (or, resuming, reloads the run's own) and sends
+    them to the other ranks, so every rank trains on the same data with the same tokenizer."""
+    splits = None
+    if ctx.is_main:
+        if ckpt is not None and ckpt.resume:
+            splits = checkpoint.load_data(ckpt.path.parent, cfg, name)
+            if splits is not None:
+                print(f"  [{name}] --resume: prepared data reloaded from {ckpt.path.parent}", flush=True)
+        if splits is None:
+            splits = family.prepare_data(cfg, data_dir)
+            if ckpt is not None:  # kept beside the first checkpoint, for --resume
+                blob = checkpoint.data_blob(splits, cfg)
+                ckpt.before_first_save = partial(checkpoint.save_data, ckpt.path.parent, blob)
+    return ctx.broadcast(splits)
+
+
+def _device_name(choice: str, ctx: DistContext = SINGLE) -> str:
     device = resolve_device(choice)
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    one = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    return f"{ctx.world_size} x {one}" if ctx.enabled else one
 
 
 def _remove_if_empty(folder: Path) -> None:

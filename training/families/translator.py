@@ -535,30 +535,55 @@ class TranslatorFamily(Family):
                 return
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        from ..distributed import unwrap
+
+        smoothing = getattr(unwrap(model), "label_smoothing", 0.0) if model.training else 0.0
+        return self._token_losses(model, batch, smoothing).sum() / self.batch_weight(batch)
+
+    @staticmethod
+    def _token_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor], smoothing: float) -> torch.Tensor:
+        """Cross-entropy per target token (rows x target length; 0 where the label is padding)."""
         labels = batch["labels"]
-        decoder_input_ids = shift_right(labels)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       decoder_input_ids=decoder_input_ids, use_cache=False).logits
-        smoothing = getattr(model, "label_smoothing", 0.0) if model.training else 0.0
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                           ignore_index=-100, label_smoothing=smoothing)
+                       decoder_input_ids=shift_right(labels), use_cache=False).logits
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                                           label_smoothing=smoothing, reduction="none").view(labels.shape)
+
+    def batch_weight(self, batch: dict[str, torch.Tensor]) -> float:
+        """Target tokens: the loss is a mean over them."""
+        return float((batch["labels"] != -100).sum())
 
     @torch.no_grad()
-    def validate(self, model: torch.nn.Module, cfg: TranslatorConfig, splits: Splits) -> dict[str, float]:
-        """Validation loss (no smoothing) and greedy chrF/BLEU on the first ``val_sentences``."""
+    def val_outputs(self, model: torch.nn.Module, cfg: TranslatorConfig, splits: Splits, rows: np.ndarray) -> list:
+        """Per row: summed token loss (no smoothing), target tokens, and the greedy translation of
+        the first ``val_sentences`` rows (None for the others)."""
         model.eval()
-        total, tokens = 0.0, 0
-        for batch in self.batches(cfg, splits, "val", shuffle=False, seed=0):
-            n = int((batch["labels"] != -100).sum())
-            total += float(self.loss(model, batch)) * n
-            tokens += n
-        src, _ = splits.state["val_ids"]
+        src, tgt = splits.state["val_ids"]
+        rows = [int(r) for r in rows]
+        out = [{"loss": 0.0, "tokens": 0, "hyp": None} for _ in rows]
+        lengths = [len(src[r]) + len(tgt[r]) for r in rows]
+        for idx in token_budget_batches(lengths, cfg.model.batch_tokens, None):
+            batch = _to_batch([src[rows[i]] for i in idx], [tgt[rows[i]] for i in idx])
+            per_row = self._token_losses(model, batch, 0.0).sum(1)
+            tokens = (batch["labels"] != -100).sum(1)
+            for i, loss, n in zip(idx, per_row.tolist(), tokens.tolist()):
+                out[i]["loss"], out[i]["tokens"] = loss, n
         n = min(cfg.model.val_sentences, len(src))
-        tok = splits.state["tokenizer"]
-        hyps = torch_generate(model, src[:n], num_beams=1, max_new_tokens=cfg.model.max_new_tokens,
-                              batch_size=cfg.model.eval_batch_size)
-        texts = [tok.decode(h, skip_special_tokens=True) for h in hyps]
-        metrics = score(texts, list(splits.val.y[:n]), self.target_lang)
+        decode = [i for i, r in enumerate(rows) if r < n]
+        if decode:
+            tok = splits.state["tokenizer"]
+            hyps = torch_generate(model, [src[rows[i]] for i in decode], num_beams=1,
+                                  max_new_tokens=cfg.model.max_new_tokens, batch_size=cfg.model.eval_batch_size)
+            for i, h in zip(decode, hyps):
+                out[i]["hyp"] = tok.decode(h, skip_special_tokens=True)
+        return out
+
+    def val_metrics(self, outputs: list, cfg: TranslatorConfig, splits: Splits) -> dict[str, float]:
+        """Validation loss and greedy chrF/BLEU on the first ``val_sentences``."""
+        total = sum(o["loss"] for o in outputs)
+        tokens = sum(o["tokens"] for o in outputs)
+        n = min(cfg.model.val_sentences, len(outputs))
+        metrics = score([o["hyp"] for o in outputs[:n]], list(splits.val.y[:n]), self.target_lang)
         return {**metrics, "loss": total / max(tokens, 1), "neg_loss": -total / max(tokens, 1)}
 
     # --- export and evaluation ----------------------------------------------------

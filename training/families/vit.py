@@ -275,22 +275,31 @@ class ViTFamily(Family):
     def loss(self, model, batch: dict):
         import torch.nn.functional as F
 
+        from ..distributed import unwrap
+
         device = next(model.parameters()).device  # batches are built on the CPU
         logits = model(pixel_values=batch["pixel_values"].to(device)).logits
-        return F.cross_entropy(logits, batch["labels"].to(device), label_smoothing=model.config.label_smoothing)
+        return F.cross_entropy(logits, batch["labels"].to(device), label_smoothing=unwrap(model).config.label_smoothing)
 
-    def validate(self, model, cfg: ViTModelConfig, splits: Splits) -> dict[str, float]:
+    def val_outputs(self, model, cfg: ViTModelConfig, splits: Splits, rows: np.ndarray) -> list:
+        """Predicted class id per validation row."""
         import torch
 
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        preds = []
+        x = self.tensors(splits, "val")
+        size = cfg.train.eval_batch_size
+        preds: list[int] = []
         with torch.no_grad():
-            for batch in self.batches(cfg, splits, "val", shuffle=False, seed=0):
-                preds.append(model(pixel_values=batch["pixel_values"].to(device)).logits.argmax(1).cpu().numpy())
+            for start in range(0, len(rows), size):
+                pixels = torch.from_numpy(x[rows[start : start + size]]).to(device)
+                preds.extend(model(pixel_values=pixels).logits.argmax(1).cpu().tolist())
         model.train(was_training)
-        return _scores(splits.val.y, np.concatenate(preds))
+        return preds
+
+    def val_metrics(self, outputs: list, cfg: ViTModelConfig, splits: Splits) -> dict[str, float]:
+        return _scores(splits.val.y, np.asarray(outputs, dtype=np.int64))
 
     # --- export and evaluation ----------------------------------------------------
     def write_assets(self, model, cfg: ViTModelConfig, splits: Splits, staging: Path) -> Assets:
