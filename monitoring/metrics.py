@@ -146,6 +146,22 @@ def observe_many(child: Any, values: Sequence[float]) -> None:
         child._buckets[i].inc(int(counts[i]))
 
 
+class RequestSeries:
+    """``request_started`` / ``observe_request`` + ``request_finished`` of one (endpoint, protocol)."""
+
+    def __init__(self, metrics: "ServiceMetrics", endpoint: str, protocol: str):
+        self._metrics = metrics
+        self._endpoint, self._protocol = endpoint, protocol
+        self._in_flight = metrics._in_flight(endpoint, protocol)
+
+    def start(self) -> None:
+        self._metrics._add(self._in_flight, 1.0)
+
+    def done(self, status: int, seconds: float) -> None:
+        self._metrics._add(self._in_flight, -1.0)
+        self._metrics.observe_request(self._endpoint, status, seconds, self._protocol)
+
+
 class ServiceMetrics:
     """All service metrics, registered in one registry (a fresh one per test, the default in the service)."""
 
@@ -297,6 +313,14 @@ class ServiceMetrics:
             self._request_children[key] = children
         self._add(children[0])
         self._observe(children[1], seconds)
+
+    def request_series(self, endpoint: str, protocol: str = "json") -> "RequestSeries":
+        """The series one endpoint of one door writes per request, looked up once (the service's hot path)."""
+        key = ("series", endpoint, protocol)
+        series = self._children.get(key)
+        if series is None:
+            series = self._children[key] = RequestSeries(self, endpoint, protocol)
+        return series
 
     def request_started(self, endpoint: str, protocol: str = "json") -> None:
         """A request entered the handlers (pair with ``request_finished``)."""

@@ -92,6 +92,7 @@ class Front:
         self.guard_of = guard_of
         self._worker: Worker | None = None  # found once: a process serves one worker for its lifetime
         self._guard: Guard | None = None
+        self._series: dict[tuple[str, str], object] = {}  # (protocol, endpoint) -> its request metrics
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -121,32 +122,31 @@ class Front:
                        receive, send, handler: Handler | None, params: dict[str, str]) -> None:
         t0 = time.perf_counter()
         status = 500
-
-        async def send_wrapper(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        series = self._series.get((protocol, endpoint))
+        if series is None:
+            series = self._series[(protocol, endpoint)] = telemetry.request_series(protocol, endpoint)
         traffic = worker.traffic if worker is not None else None
         if traffic is not None:
             traffic.in_handlers += 1
-        telemetry.request_started(protocol, endpoint)
+        telemetry.call(series.start)
         try:
-            if handler is None:
+            if handler is None:  # a path no door serves: the app below answers, its status read on the way out
+                async def send_wrapper(message):
+                    nonlocal status
+                    if message["type"] == "http.response.start":
+                        status = message["status"]
+                    await send(message)
+
                 response = self._guard_other(guard, scope)
-                if response is None:
-                    await self.app(scope, receive, send_wrapper)
-                else:
-                    await response(scope, receive, send_wrapper)
+                await (response or self.app)(scope, receive, send_wrapper)
             else:
                 response = await self._answer(worker, guard, protocol, endpoint, scope, receive, handler, params)
-                await response(scope, receive, send_wrapper)
+                status = response.status_code
+                await response(scope, receive, send)
         finally:
             if traffic is not None:
                 traffic.in_handlers -= 1
-            telemetry.request_finished(protocol, endpoint)
-            telemetry.record_request(protocol, endpoint, status, time.perf_counter() - t0)
+            telemetry.call(series.done, status, time.perf_counter() - t0)
 
     @staticmethod
     def _guard_other(guard: Guard | None, scope) -> Response | None:
@@ -163,14 +163,17 @@ class Front:
     async def _answer(self, worker: Worker | None, guard: Guard | None, protocol: str, endpoint: str, scope,
                       receive, handler: Handler, params: dict[str, str]) -> Response:
         limit = worker.settings.max_request_bytes if worker is not None else 0
-        request = Request(scope, limited(receive, limit) if scope["method"] == "POST" else receive)
+        # a body that states its length was checked against the limit before reading (precheck); one that
+        # does not (chunked) is counted as it arrives
+        counted = scope["method"] == "POST" and not any(k == b"content-length" for k, _ in scope["headers"])
+        request = Request(scope, limited(receive, limit) if counted else receive)
         try:
             if worker is None or guard is None:
                 raise ServiceError(503, "service is still loading models", kind="overload", retry_after=5)
             if endpoint not in OPEN_ENDPOINTS:
                 headers = auth.http_headers(scope)
                 guard.admit(headers, _client(scope), "admin" if endpoint.startswith(ADMIN_PREFIX) else "infer")
-                precheck(worker, scope, protocol)
+                precheck(worker, scope, protocol, headers)
                 guard.deadlines.start(endpoint, deadlines.from_headers(headers))
             elif endpoint == "/v2/health/ready" and guard.drain.draining:
                 return oip_rest.json_response({"ready": False}, 400)  # the protocol's "not ready"
@@ -188,19 +191,18 @@ class Front:
         return DOORS[protocol](err)
 
 
-def precheck(worker: Worker, scope, protocol: str) -> None:
-    """Body size (from Content-Length) and content type, before the body is read."""
+def precheck(worker: Worker, scope, protocol: str, headers: dict[str, str]) -> None:
+    """Body size (from Content-Length) and content type, before the body is read (``headers``: lower-case names)."""
     if scope["method"] != "POST":
         return
-    headers = dict(scope["headers"])
-    length = headers.get(b"content-length")
+    length = headers.get("content-length")
     limit = worker.settings.max_request_bytes
     if length and length.isdigit() and int(length) > limit:
         raise ServiceError(413, f"request body is {int(length)} bytes, limit {limit}", field="body", limit=limit,
                            headers={"Connection": "close"})
     accepted = json_api.CONTENT_TYPES.get(scope["path"]) if protocol == json_api.PROTOCOL else None
     if accepted:
-        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().decode("latin-1").lower()
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in accepted:
             raise ServiceError(415, f"content type {ctype or 'missing'!r} not accepted; send "
                                f"{' or '.join(accepted)}", field="content-type", limit=list(accepted))

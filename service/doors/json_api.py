@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -21,6 +20,7 @@ from ..errors import ServiceError
 from ..schemas import ClassifyRequest, ImageJsonRequest, ModelInfo, TranslateRequest
 from ..tasks import endpoint_tasks
 from ..worker import Worker
+from .responses import json_response
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 IMAGE_FILE_FIELDS = ("images", "image", "file", "files")
@@ -28,10 +28,6 @@ ENDPOINT_TASKS = endpoint_tasks()
 PROTOCOL = "json"
 REQUEST_ID_HEADER = "x-request-id"  # canary routing hashes it: a retry with the same id gets the same version
 
-
-def json_response(payload: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")), status_code=status, media_type="application/json",
-                    headers=headers)
 
 
 def error_response(err: ServiceError) -> Response:

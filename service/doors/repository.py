@@ -23,13 +23,11 @@ from modelkit.registry import model_names
 from .. import auth
 from ..errors import ServiceError
 from ..worker import Worker
+from .responses import json_response
 
 LOAD_PARAMETERS = {"version", "role", "mode", "share"}
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
-
-def json_response(payload: Any, status: int = 200) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")), status_code=status, media_type="application/json")
 
 
 def require_admin(worker: Worker, request: Request) -> None:
