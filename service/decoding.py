@@ -34,6 +34,7 @@ from modelkit.continuous import Sequence, round_up, row_capacity
 
 from . import errors, telemetry
 from .batcher import Traffic
+from .deadlines import current_at as current_deadline
 from .errors import ServiceError
 from .settings import DecodingSettings
 
@@ -42,16 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("service.decoding")
 
-try:  # request deadlines (service/deadlines.py) where the service has them
-    from .deadlines import current_at as _current_deadline  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on the branch
-
-    def _current_deadline() -> float | None:
-        return None
-
-
 CANCELLED, DEADLINE, FINISHED = "cancelled", "deadline", "finished"
-DEADLINE_KIND = getattr(errors, "DEADLINE", errors.OVERLOAD)
 
 
 @dataclass(eq=False)
@@ -220,7 +212,7 @@ class DecodingScheduler:
                                    f"tokens need {alone} bytes of key/value cache; {self.model.name} has "
                                    f"{self.max_kv_bytes}", field="max_new_tokens", limit=self.max_kv_bytes)
         if deadline is None:
-            deadline = _current_deadline()
+            deadline = current_deadline()
         req = _Request(seqs, loop, stream, deadline)
         for i, s in enumerate(seqs):
             s.tag = _Item(req, i, queued_step=self.engine.steps)
@@ -271,7 +263,7 @@ class DecodingScheduler:
             req = seq.tag.request
             if reason == DEADLINE:
                 req.fail(ServiceError(504, f"{self.name}: the request's deadline passed while it was decoded",
-                                      field="deadline", kind=DEADLINE_KIND))
+                                      field="timeout"))
                 self._close_request(req)
         for seq, exc in report.failed:
             req = seq.tag.request

@@ -125,7 +125,7 @@ def test_deadline_stops_decoding_with_504(served):
         return err.value, elapsed, state
 
     err, elapsed, state = asyncio.run(main())
-    assert err.status == 504 and err.field == "deadline"
+    assert err.status == 504 and err.field == "timeout"
     assert elapsed < 2.0
     assert state == (0, 0, True)
 
