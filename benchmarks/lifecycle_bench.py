@@ -163,11 +163,15 @@ def main(argv: list[str] | None = None) -> int:
             def schedule() -> None:
                 try:
                     time.sleep(promote_at)
-                    run.events["promote"] = time.monotonic() - t0
+                    # each switch counts from the moment the CLI returned (LATEST moved): its own start-up
+                    # (a Python process importing the training package) is reported apart
+                    run.events["promote-cli"] = time.monotonic() - t0
                     training_cli(registry, "promote", args.model, b)
+                    run.events["promote"] = time.monotonic() - t0
                     time.sleep(max(0.0, rollback_at - (time.monotonic() - t0)))
-                    run.events["rollback"] = time.monotonic() - t0
+                    run.events["rollback-cli"] = time.monotonic() - t0
                     training_cli(registry, "rollback", args.model)
+                    run.events["rollback"] = time.monotonic() - t0
                 except subprocess.CalledProcessError as exc:
                     failures.append(f"{' '.join(exc.cmd[3:5])} failed: {exc.stderr.strip()}")
 
@@ -187,12 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     answers = run.answers
     bad = [x for x in answers if x.status != 200]
     promote, rollback = run.events["promote"], run.events["rollback"]
-    steady = [x for x in answers if promote - 2 * window <= x.t < promote]
+    before = run.events["promote-cli"]
+    steady = [x for x in answers if before - 2 * window <= x.t < before]
     after_promote = [x for x in answers if promote <= x.t < promote + window]
     after_rollback = [x for x in answers if rollback <= x.t < rollback + window]
     load_s = [float(line.rsplit(" in ", 1)[1].split()[0]) for line in log.splitlines()
               if f"model {args.model} version" in line and " loaded from " in line]
-    rss_before = rss_at(run, promote - 2, promote)
+    rss_before = rss_at(run, before - 2, before)
     rss_peak = max((m for t, m in run.rss if promote <= t < rollback), default=float("nan"))
     rss_after_promote = rss_at(run, rollback - 2, rollback)
     rss_after_rollback = rss_at(run, args.seconds - 2, args.seconds)
@@ -205,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
          f"({p99(after_rollback) / p99(steady):.2f}x steady)"),
         ("every answer from B after the promote", f"{switched_at(run, promote, rollback, b):.2f} s "
          f"(poll interval {args.poll} s + load {max(load_s[args.workers:], default=float('nan')):.2f} s)"),
-        ("every answer from A after the rollback", f"{switched_at(run, rollback, args.seconds, a):.2f} s"),
+        ("every answer from A after the rollback", f"{switched_at(run, rollback, args.seconds, a):.2f} s "
+         f"(poll interval {args.poll} s + load {max(load_s[2 * args.workers:], default=float('nan')):.2f} s)"),
+        ("the CLI's own time (promote / rollback), before LATEST moved",
+         f"{promote - run.events['promote-cli']:.2f} / {rollback - run.events['rollback-cli']:.2f} s"),
         ("workers' RSS before the promote", f"{rss_before:.0f} MiB"),
         ("peak RSS while two versions were loaded", f"{rss_peak:.0f} MiB"),
         ("RSS before the rollback (A freed)", f"{rss_after_promote:.0f} MiB ({rss_after_promote / rss_before - 1:+.1%})"),

@@ -17,7 +17,7 @@ import numpy as np
 
 from modelkit.runtimes import InputError
 
-from . import auth, shadow, telemetry
+from . import auth, telemetry
 from .batcher import Overloaded
 from .deadlines import DeadlineExceeded
 from .errors import ServiceError
@@ -104,7 +104,7 @@ async def infer(worker: Worker, route: Route, items: Sequence[Any], given: Mappi
         model.in_flight -= 1
         telemetry.record_version_request(model, route.via, status, time.perf_counter() - t0)
     if route.shadow is not None:
-        shadow.mirror(worker, route, list(items), options, results, field)
+        worker.shadow.mirror(route, list(items), options, results, field)
     return results, options
 
 

@@ -157,6 +157,10 @@ class ServiceSettings(BaseSettings):
     rollouts: dict[str, RolloutSettings] = Field(
         default_factory=dict, description='per model, a candidate version: {"name": {"candidate": "VERSION", '
         '"mode": "canary"|"shadow", "share": 0.1}}')
+    shadow_wait_ms: float = Field(
+        20.0, ge=0, le=1000, description="mirrored requests wait this long to share one model call of the shadow "
+        "candidate (one call per request costs several times the items' own time: 8 clients, share 0.1, +32% on the "
+        "primary's p50; see benchmarks/RESULTS.md)")
     state_dir: Path | None = Field(
         None, description="folder where a worker records repository API changes for the server's other workers "
         "(default: inside BentoML's PROMETHEUS_MULTIPROC_DIR, emptied at every server start)")

@@ -1,58 +1,124 @@
 """Shadow traffic: a sample of requests also goes to a candidate version after the primary answered.
 
-The client never waits for it. Each mirrored request's candidate answers are compared with the
-primary's, item by item, with the task's own notion of agreement (same top label, same label set,
-same translation: ``TaskSpec.agrees``), and counted; the candidate's latency is recorded like any
-version's, with ``route="shadow"``.
+The client never waits for it. Mirrored requests wait up to ``shadow_wait_ms`` to share one model
+call of the candidate (in its own thread, never on the event loop): the primary's requests must
+not pay for the shadow, and one call per mirrored request costs several times the items' own time.
+Each mirrored request's candidate answers are compared with the primary's, item by item, with the
+task's own notion of agreement (same top label, same label set, same translation:
+``TaskSpec.agrees``), and counted; the candidate's latency is recorded like any version's, with
+``route="shadow"``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import telemetry
 from .errors import ServiceError
 
 if TYPE_CHECKING:
+    from .models import ServedModel
     from .worker import Route, Worker
 
 log = logging.getLogger("service.shadow")
 
 
-def mirror(worker: "Worker", route: "Route", items: list[Any], options: dict[str, Any], primary: list[dict],
-           field: str) -> None:
-    """Send ``items`` to ``route.shadow`` in the background and record the agreement with ``primary``.
+@dataclass
+class _Mirrored:
+    """One mirrored request: its route, the items, the primary's answers, and when it was mirrored."""
 
-    Skipped (and counted) while the candidate already has a full batch waiting: mirrored traffic
-    must never pile up behind a slow candidate and take the machine from the primary.
-    """
-    candidate = route.shadow
-    if candidate.batcher is None or candidate.batcher.queued_items >= candidate.batcher.max_batch_size:
-        telemetry.record_shadow_skipped(route.model, candidate, len(items))
-        return
-    worker.background(_compare(route, items, options, primary, field))
+    route: "Route"
+    items: list[Any]
+    options: dict[str, Any]
+    primary: list[dict]
+    field: str
+    at: float
 
 
-async def _compare(route: "Route", items: list[Any], options: dict[str, Any], primary: list[dict], field: str) -> None:
-    from .dataplane import validate_items, predict  # the same path as a client's request
+class ShadowSender:
+    """The mirrored requests of one worker, gathered per candidate and sent in shared model calls."""
 
-    candidate = route.shadow
+    def __init__(self, worker: "Worker", wait_s: float):
+        self.worker = worker
+        self.wait_s = wait_s
+        self._pending: dict[int, list[_Mirrored]] = {}  # id(candidate) -> waiting requests
+
+    def mirror(self, route: "Route", items: list[Any], options: dict[str, Any], primary: list[dict],
+               field: str) -> None:
+        """Queue ``items`` for ``route.shadow``; skipped (and counted) while the candidate is behind.
+
+        Mirrored traffic must never pile up behind a slow candidate and take the machine from the primary.
+        """
+        candidate = route.shadow
+        pending = self._pending.get(id(candidate))
+        waiting = sum(len(m.items) for m in pending) if pending else 0
+        batcher = candidate.batcher
+        if batcher is None or batcher.queued_items + waiting >= 2 * batcher.max_batch_size:
+            telemetry.record_shadow_skipped(route.model, candidate, len(items))
+            return
+        if pending is None:
+            pending = self._pending[id(candidate)] = []
+            if self.wait_s:
+                asyncio.get_running_loop().call_later(self.wait_s, self._flush, candidate)
+        pending.append(_Mirrored(route, items, options, primary, field, time.perf_counter()))
+        if not self.wait_s or waiting + len(items) >= batcher.max_batch_size:
+            self._flush(candidate)
+
+    def _flush(self, candidate: "ServedModel") -> None:
+        pending = self._pending.pop(id(candidate), None)
+        if pending:
+            self.worker.background(_compare(candidate, pending))
+
+
+async def _compare(candidate: "ServedModel", mirrored: list[_Mirrored]) -> None:
+    """Validate every request's items, infer those of the same options in one call, count agreement."""
+    from .dataplane import predict, validate_items  # the same path as a client's request
+
     candidate.in_flight += 1
-    t0 = time.perf_counter()
-    status = 500
     try:
-        valid = validate_items(candidate, items, field)
-        results = await predict(candidate, valid, candidate.spec.runtime_options(candidate.manifest, options))
-        status = 200
-        agree = sum(candidate.spec.agrees(p, c) for p, c in zip(primary, results))
-        telemetry.record_shadow(route.model, candidate, agree, len(results) - agree)
-    except ServiceError as err:
-        status = err.status
-        log.warning("shadow call to %s@%s failed: %s", candidate.name, candidate.version, err.message)
-    except Exception:
-        log.exception("shadow call to %s@%s failed", candidate.name, candidate.version)
+        groups: dict[str, tuple[dict[str, Any], list[tuple[_Mirrored, list[Any]]]]] = {}
+        for m in mirrored:
+            try:
+                valid = validate_items(candidate, m.items, m.field)
+            except ServiceError as err:
+                _done(candidate, m, err.status)
+                log.warning("shadow call to %s@%s refused an item: %s", candidate.name, candidate.version, err.message)
+                continue
+            opts = candidate.spec.runtime_options(candidate.manifest, m.options)
+            groups.setdefault(repr(sorted(opts.items())), (opts, []))[1].append((m, valid))
+        for opts, group in groups.values():
+            await _infer_group(candidate, opts, group, predict)
     finally:
         candidate.in_flight -= 1
-        telemetry.record_version_request(candidate, "shadow", status, time.perf_counter() - t0)
+
+
+async def _infer_group(candidate: "ServedModel", opts: dict[str, Any], group: list[tuple[_Mirrored, list[Any]]],
+                       predict) -> None:
+    items = [item for _, valid in group for item in valid]
+    try:
+        results = await predict(candidate, items, opts, inline=False)
+    except ServiceError as err:
+        log.warning("shadow call to %s@%s failed: %s", candidate.name, candidate.version, err.message)
+        for m, _ in group:
+            _done(candidate, m, err.status)
+        return
+    except Exception:
+        log.exception("shadow call to %s@%s failed", candidate.name, candidate.version)
+        for m, _ in group:
+            _done(candidate, m, 500)
+        return
+    start = 0
+    for m, valid in group:
+        answers = results[start:start + len(valid)]
+        start += len(valid)
+        agree = sum(candidate.spec.agrees(p, c) for p, c in zip(m.primary, answers))
+        telemetry.record_shadow(m.route.model, candidate, agree, len(answers) - agree)
+        _done(candidate, m, 200)
+
+
+def _done(candidate: "ServedModel", m: _Mirrored, status: int) -> None:
+    telemetry.record_version_request(candidate, "shadow", status, time.perf_counter() - m.at)

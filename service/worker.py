@@ -12,6 +12,7 @@ from .errors import ServiceError
 from .lifecycle import Lifecycle, ModelEntry
 from .models import ServedModel
 from .settings import ServiceSettings
+from .shadow import ShadowSender
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Worker:
         self.traffic = traffic
         self.lifecycle = Lifecycle(settings, models, traffic)
         self._background: set[asyncio.Task] = set()  # running tasks nobody awaits (shadow comparisons)
+        self.shadow = ShadowSender(self, settings.shadow_wait_ms / 1000.0)
 
     @classmethod
     def start(cls, settings: ServiceSettings) -> "Worker":

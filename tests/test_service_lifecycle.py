@@ -215,7 +215,12 @@ def test_shadow_agreement_equals_an_offline_comparison(candidate_registry, name,
             return {k: float(v) for k, v in found}
 
         got = _wait_for(lambda: (lambda n: n if sum(n.values()) == len(texts) else None)(counts()), timeout=10)
+        calls = re.search(rf'modelserve_batches_total\{{model="{name}",version="{candidate}"\}} (\S+)',
+                          c.get("/metrics").text)
     assert got, counts
+    # mirrored requests wait (shadow_wait_ms) to share the candidate's model calls
+    mirrored = len(range(0, len(texts), 4))
+    assert calls and 1 <= float(calls.group(1)) < mirrored, (calls and calls.group(0), mirrored)
     first, second = _runtime(root, name, primary), _runtime(root, name, candidate)
     agree = sum(a["labels"][0]["label"] == b["labels"][0]["label"]
                 for a, b in zip(first.predict(texts), second.predict(texts)))
