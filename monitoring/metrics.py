@@ -37,6 +37,13 @@ API (all label values are strings; ``model``/``version`` are the registry name a
 - ``count_shadow(model, primary, candidate, agree, disagree)``: shadow items whose answers agreed or not.
 - ``count_shadow_skipped(model, candidate, items)``: items not mirrored (the candidate was backed up).
 - ``set_rollout(model, primary, candidate, mode, share)``: the model's rollout roles (rollout_info, share).
+- Continuous decoding of translators (``service/decoding.py``): ``observe_decoding_join(model, version,
+  queue_wait, time_to_first_token)`` per text joining the running batch; ``observe_decoding_done(model,
+  version, tokens, time_per_output_token=None)`` per text finished (its output tokens, EOS excluded);
+  ``observe_decoding_step(model, version, rows, running_rows, kv_bytes)`` after each pass of the model thread
+  (``rows`` in its decoder step, ``running_rows`` after it); ``count_freed_rows(model,
+  version, reason, rows)`` for rows that left the batch before their text ended (reason cancelled: the
+  client went away; deadline).
 - ``start_gpu_sampler(interval_s=5.0)``: samples GPU utilisation and memory through nvidia-ml-py
   in a daemon thread; returns False (and no GPU series exist) when no GPU is present. The first
   ``set_model_info`` call of a process starts it, so every serving worker exports GPU metrics.
@@ -88,6 +95,8 @@ STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 SIZE_BUCKETS = tuple(4.0**k for k in range(13))  # 1 .. 16.7M: tokens and pixels alike
 CONFIDENCE_BUCKETS = tuple(round(0.05 * k, 2) for k in range(1, 21))  # 0.05 .. 1.0
+TOKEN_TIME_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0)
+FREED_REASONS = ("cancelled", "deadline")
 
 
 class _Buffer:
@@ -228,6 +237,24 @@ class ServiceMetrics:
                                   multiprocess_mode="max", **r)
         self.rollout_share = Gauge(name("rollout_share"), "Share of requests routed (canary) or mirrored (shadow) to "
                                    "the candidate; 0 without a rollout.", ["model"], multiprocess_mode="max", **r)
+        self.generated_tokens = Counter(name("generated_tokens"), "Output tokens of finished translations "
+                                        "(EOS excluded), by model and version.", ["model", "version"], **r)
+        self.decoding_rows = Gauge(name("decoding_rows"), "Rows in the running batch of continuous decoding "
+                                   "(a beam text takes num_beams rows), after the last step.", ["model", "version"],
+                                   multiprocess_mode="livesum", **r)
+        self.decoding_step_rows = Histogram(name("decoding_step_rows"), "Rows per decoder step of continuous "
+                                            "decoding.", ["model", "version"], buckets=BATCH_BUCKETS, **r)
+        self.decoding_kv_bytes = Gauge(name("decoding_kv_cache_bytes"), "Key/value cache bytes allocated for the "
+                                       "running batch.", ["model", "version"], multiprocess_mode="livesum", **r)
+        self.time_to_first_token = Histogram(name("time_to_first_token_seconds"), "From a text's arrival at the "
+                                             "decoding queue to its first generated token.", ["model", "version"],
+                                             buckets=STAGE_BUCKETS, **r)
+        self.time_per_output_token = Histogram(name("time_per_output_token_seconds"), "Mean time between a "
+                                               "text's output tokens after the first.", ["model", "version"],
+                                               buckets=TOKEN_TIME_BUCKETS, **r)
+        self.freed_rows = Counter(name("decoding_freed_rows"), "Rows that left the running batch before their text "
+                                  "ended: reason cancelled (the client went away) or deadline.",
+                                  ["model", "version", "reason"], **r)
         self.gpu_utilization = Gauge(name("gpu_utilization_ratio"), "GPU busy fraction (0-1) over the "
                                      "last NVML sample period.", ["gpu"], multiprocess_mode="mostrecent", **r)
         self.gpu_memory_used = Gauge(name("gpu_memory_used_bytes"), "GPU memory in use.", ["gpu"],
@@ -244,6 +271,7 @@ class ServiceMetrics:
         self._buffer: _Buffer | None = None
         self._flusher: threading.Thread | None = None
         self._children: dict[tuple, Any] = {}
+        self._decoding_now: dict[tuple[str, str], tuple[int, int]] = {}
         self._gpu_thread: threading.Thread | None = None
         self._gpu_tried = False
 
@@ -471,6 +499,42 @@ class ServiceMetrics:
         if manifest is not None:
             self._profile(model, version, manifest)
 
+    # --- continuous decoding ---------------------------------------------------------------
+    def observe_decoding_join(self, model: str, version: str, queue_wait: float, time_to_first_token: float) -> None:
+        """A text joined the running batch after ``queue_wait`` s; its first token came after ``time_to_first_token``."""
+        self._observe(self._child(self.stage_duration, model, version, "queue_wait"), queue_wait)
+        self._observe(self._child(self.time_to_first_token, model, version), time_to_first_token)
+
+    def observe_decoding_done(self, model: str, version: str, tokens: int,
+                              time_per_output_token: float | None = None) -> None:
+        self._add(self._child(self.generated_tokens, model, version), tokens)
+        if time_per_output_token is not None:
+            self._observe(self._child(self.time_per_output_token, model, version), time_per_output_token)
+
+    def observe_decoding_step(self, model: str, version: str, rows: int, running_rows: int, kv_bytes: int) -> None:
+        if rows:
+            self._observe(self._child(self.decoding_step_rows, model, version), rows)
+        if self._decoding_now.get((model, version)) != (running_rows, kv_bytes):  # gauges write through: only changes
+            self._decoding_now[(model, version)] = (running_rows, kv_bytes)
+            self._child(self.decoding_rows, model, version).set(running_rows)
+            self._child(self.decoding_kv_bytes, model, version).set(kv_bytes)
+
+    def count_freed_rows(self, model: str, version: str, reason: str, rows: int) -> None:
+        if reason not in FREED_REASONS:
+            raise ValueError(f"freed-rows reason {reason!r} not in {FREED_REASONS}")
+        self._add(self._child(self.freed_rows, model, version, reason), rows)
+
+    def init_decoding(self, model: str, version: str) -> None:
+        """Create a continuously decoded version's series at 0 (``rate()`` then counts their first increments)."""
+        self.generated_tokens.labels(model, version)
+        self.time_to_first_token.labels(model, version)
+        self.time_per_output_token.labels(model, version)
+        self.decoding_step_rows.labels(model, version)
+        self.stage_duration.labels(model, version, "queue_wait")
+        self.observe_decoding_step(model, version, 0, 0, 0)
+        for reason in FREED_REASONS:
+            self.freed_rows.labels(model, version, reason)
+
     # --- versions and rollouts -------------------------------------------------------------
     def observe_version_request(self, model: str, version: str, route: str, status: int | str, seconds: float) -> None:
         """One request answered by one version."""
@@ -576,6 +640,13 @@ METRIC_NAMES = (
     "modelserve_shadow_skipped_items_total",
     "modelserve_rollout_info",
     "modelserve_rollout_share",
+    "modelserve_generated_tokens_total",
+    "modelserve_decoding_rows",
+    "modelserve_decoding_step_rows",
+    "modelserve_decoding_kv_cache_bytes",
+    "modelserve_time_to_first_token_seconds",
+    "modelserve_time_per_output_token_seconds",
+    "modelserve_decoding_freed_rows_total",
     "modelserve_gpu_utilization_ratio",
     "modelserve_gpu_memory_used_bytes",
     "modelserve_gpu_memory_total_bytes",
@@ -663,6 +734,26 @@ def count_shadow_skipped(model: str, candidate: str, items: int) -> None:
 
 def enable_buffering(interval_s: float = 0.5) -> None:
     default_metrics().enable_buffering(interval_s)
+
+
+def observe_decoding_join(model: str, version: str, queue_wait: float, time_to_first_token: float) -> None:
+    default_metrics().observe_decoding_join(model, version, queue_wait, time_to_first_token)
+
+
+def observe_decoding_done(model: str, version: str, tokens: int, time_per_output_token: float | None = None) -> None:
+    default_metrics().observe_decoding_done(model, version, tokens, time_per_output_token)
+
+
+def observe_decoding_step(model: str, version: str, rows: int, running_rows: int, kv_bytes: int) -> None:
+    default_metrics().observe_decoding_step(model, version, rows, running_rows, kv_bytes)
+
+
+def count_freed_rows(model: str, version: str, reason: str, rows: int) -> None:
+    default_metrics().count_freed_rows(model, version, reason, rows)
+
+
+def init_decoding(model: str, version: str) -> None:
+    default_metrics().init_decoding(model, version)
 
 
 def exposition() -> tuple[bytes, str]:

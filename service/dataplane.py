@@ -70,6 +70,8 @@ async def predict(model: ServedModel, items: list[Any], options: dict[str, Any],
         raise _refusal(model, exc) from None
     except InputError as exc:  # a runtime refusing an item at predict time
         raise ServiceError(exc.status, str(exc), field=exc.field, limit=exc.limit) from None
+    except ServiceError:  # the decoding scheduler's own answers (queue full, deadline, limits)
+        raise
     except Exception as exc:
         log.exception("model %s failed on a batch of %d items", model.name, len(items))
         # the exception's text (file paths, library internals) stays in the server log

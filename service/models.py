@@ -139,12 +139,26 @@ def load_model(settings: ServiceSettings, name: str, version: str | None, traffi
     batch = settings.batch_for(name)
     model = ServedModel(name=name, version=manifest.version, status="ready", manifest=manifest, runtime=runtime,
                         spec=spec_for(manifest.task), load_seconds=time.perf_counter() - t0)
-    model.batcher = Batcher(f"{name}@{manifest.version}", model.predict_batch, batch, traffic)
-    log.info(
-        "model %s version %s (%s) loaded from %s on %s, variant %s, %d intra-op threads, batch <= %d, wait <= %.1f ms,"
-        " in %.2f s",
-        name, manifest.version, manifest.task, vdir, runtime.provider, runtime.variant,
-        session_settings.intra_op_threads, batch.max_batch_size, batch.max_wait_ms, model.load_seconds,
-    )
+    decoding = settings.decoding_for(name)
+    if decoding.mode == "auto" and getattr(runtime, "supports_continuous", False):
+        from .decoding import DecodingScheduler  # continuous batching of decoder steps (translators)
+
+        try:
+            model.batcher = DecodingScheduler(model, decoding, traffic, warmup=settings.warmup)
+        except Exception as exc:
+            reason = _one_line(exc, root)
+            log.error("model %s (version %s) FAILED to start decoding: %s", name, version, reason)
+            failed = ServedModel(name=name, version=version, status="failed", reason=reason, manifest=manifest,
+                                 load_seconds=time.perf_counter() - t0)
+            telemetry.record_model(failed)
+            return failed
+        telemetry.record_decoding_start(model)
+        how = f"continuous decoding, rows <= {decoding.max_rows}, key/value cache <= {decoding.max_kv_bytes} bytes"
+    else:
+        model.batcher = Batcher(f"{name}@{manifest.version}", model.predict_batch, batch, traffic)
+        how = f"batch <= {batch.max_batch_size}, wait <= {batch.max_wait_ms:.1f} ms"
+    log.info("model %s version %s (%s) loaded from %s on %s, variant %s, %d intra-op threads, %s, in %.2f s",
+             name, manifest.version, manifest.task, vdir, runtime.provider, runtime.variant,
+             session_settings.intra_op_threads, how, model.load_seconds)
     telemetry.record_model(model)
     return model

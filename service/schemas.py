@@ -53,6 +53,10 @@ class TranslateRequest(_Body):
         None, description="generated tokens per text, from 1 (at most the manifest's max_max_new_tokens)",
         examples=[64], json_schema_extra={"minimum": 1},
     )
+    stream: bool = Field(
+        False, description="answer server-sent events: `piece` ({index, text}) per new piece of an item's "
+        "translation, then `result` (this endpoint's usual body), or `error` ({error: ...}) after the response began",
+    )
 
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"model": "de-en", "texts": ["Das Haus ist klein."], "num_beams": 2}]}

@@ -34,6 +34,25 @@ class BatchSettings(BaseModel):
     )
 
 
+class DecodingSettings(BaseModel):
+    """Continuous batching of a translator's decoding steps (``service/decoding.py``)."""
+
+    mode: Literal["auto", "off"] = Field(
+        "auto", description="auto: versions exported with a decoder_step graph decode with continuous batching "
+        "(older and imported versions keep the request batcher); off: the request batcher for every version")
+    max_rows: int = Field(64, ge=1, le=4096, description="rows in the running batch at most (a beam request takes "
+                          "num_beams rows)")
+    max_kv_bytes: int = Field(256 * 2**20, ge=1, description="key/value cache bytes of the running batch at most, "
+                              "counted as the buffers would be allocated; a request that does not fit waits")
+    max_queue_items: int = Field(1024, ge=1, description="texts waiting to join the running batch; more are "
+                                 "refused with 503 and a retry_after estimate")
+    max_join: int = Field(32, ge=1, description="texts whose encoder pass runs together before the next step")
+    join_min: int = Field(4, ge=1, description="while rows are running, fewer waiting texts than this join only once "
+                          "the oldest has waited join_wait_steps decoder steps: fewer encoder passes, each about as "
+                          "costly as a decoder step (32 in-process clients, de-en quick: 9-12% more sentences/s)")
+    join_wait_steps: int = Field(2, ge=0, description="decoder steps a text may wait for join_min (0: join at once)")
+
+
 class RolloutSettings(BaseModel):
     """A candidate version served beside the primary (canary: routed a share; shadow: mirrored a share)."""
 
@@ -108,6 +127,9 @@ class ServiceSettings(BaseSettings):
 
     default_batch: BatchSettings = Field(default_factory=BatchSettings)
     batch: dict[str, BatchSettings] = Field(default_factory=dict, description="per-model overrides of default_batch")
+    default_decoding: DecodingSettings = Field(default_factory=DecodingSettings)
+    decoding: dict[str, DecodingSettings] = Field(default_factory=dict,
+                                                  description="per-model overrides of default_decoding")
 
     max_items_per_request: int = Field(64, ge=1, description="texts/images in one request; more is 413")
     max_request_bytes: int = Field(32_000_000, ge=1024, description="request body size; more is 413")
@@ -196,3 +218,6 @@ class ServiceSettings(BaseSettings):
 
     def batch_for(self, name: str) -> BatchSettings:
         return self.batch.get(name, self.default_batch)
+
+    def decoding_for(self, name: str) -> DecodingSettings:
+        return self.decoding.get(name, self.default_decoding)

@@ -101,6 +101,47 @@ def flush() -> None:
     _guard("flush", metrics.default_metrics().flush)
 
 
+# --- continuous decoding (service/decoding.py); each called on the event loop --------------------------------
+
+
+def record_decoding_start(model: "ServedModel") -> None:
+    _guard("init_decoding", metrics.init_decoding, model.name, model.version)
+
+
+def record_decoding_join(model: "ServedModel", queue_wait: float, time_to_first_token: float) -> None:
+    _guard("observe_decoding_join", metrics.observe_decoding_join, model.name, model.version, queue_wait,
+           time_to_first_token)
+
+
+def record_decoding_done(model: "ServedModel", tokens: int, time_per_output_token: float | None) -> None:
+    _guard("observe_decoding_done", metrics.observe_decoding_done, model.name, model.version, tokens,
+           time_per_output_token)
+
+
+def record_decoding_iteration(model: "ServedModel", stepped_rows: int, rows: int, kv_bytes: int) -> None:
+    """One pass of the model thread: ``stepped_rows`` in its decoder step, ``rows`` running after it."""
+    _guard("observe_decoding_step", metrics.observe_decoding_step, model.name, model.version, stepped_rows, rows,
+           kv_bytes)
+
+
+def record_freed_rows(model: "ServedModel", reason: str, rows: int) -> None:
+    _guard("count_freed_rows", metrics.count_freed_rows, model.name, model.version, reason, rows)
+
+
+def record_decoded_items(model: "ServedModel", results: Sequence[Mapping[str, Any]], seconds: float) -> None:
+    """One answered request: a "model call" of its items taking ``seconds`` from its first text's start of
+    decoding to its answer (so items and batch rows add up as for the request batcher), its input sizes
+    and drift features. The decoder steps themselves are ``record_decoding_iteration``'s."""
+    name, version, spec = model.name, model.version, model.spec
+    _guard("observe_batch", metrics.observe_batch, name, version, len(results), {"inference": seconds})
+    _guard("count_items", metrics.count_items, name, version, len(results))
+    features = [r.get("features") or {} for r in results]
+    sizes = {kind: [f[key] for f in features if key in f] for key, kind in spec.size_features.items()}
+    if any(sizes.values()):
+        _guard("observe_inputs", metrics.observe_inputs, name, version, {k: v for k, v in sizes.items() if v})
+    _guard("observe_predictions", metrics.observe_predictions, name, version, model.manifest, features, None, None)
+
+
 class _Unrecorded:
     """Stands in for a request's series when the metrics could not give one (never fails a request)."""
 

@@ -95,6 +95,7 @@ SETUP = textwrap.dedent("""
         m.version_requests.labels("demo", version, route, "200"); m.version_request_duration.labels("demo", version, route)
     for agreement in ("agree", "disagree"):
         m.shadow_comparisons.labels("demo", "v1", "v2", agreement)
+    metrics.init_decoding("demo", "v1")  # as a continuously decoded translator's series
     m.requests.labels("classify", "200", "json"); m.request_duration.labels("classify", "200", "json")
     m.requests.labels("classify", "503", "json"); m.request_duration.labels("classify", "503", "json")
     reg = CollectorRegistry(); multiprocess.MultiProcessCollector(reg)
@@ -128,6 +129,11 @@ WORKER = textwrap.dedent("""
             metrics.count_shadow("demo", "v1", "v2", int(i % 4 != 3), int(i % 4 == 3))
         metrics.observe_batch("demo", "v1", 1, {{"preprocess": 0.001, "inference": 0.004, "postprocess": 0.0005}}, 0.002)
         metrics.count_items("demo", "v1", 1)
+        metrics.observe_decoding_join("demo", "v1", 0.001, 0.004)
+        metrics.observe_decoding_step("demo", "v1", 1 + i % 8, i % 8, 4096)
+        metrics.observe_decoding_done("demo", "v1", 3 + i % 5, 0.002)
+        if i % 50 == 0:
+            metrics.count_freed_rows("demo", "v1", "cancelled", 1)
         metrics.observe_inputs("demo", "v1", {{"tokens": [int(tokens[i])]}})
         metrics.observe_predictions("demo", "v1", manifest,
                                     [{{"token_count": int(tokens[i]), "predicted_class": str(classes[i])}}],

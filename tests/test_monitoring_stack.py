@@ -25,6 +25,7 @@ from modelkit.image import encode_png
 from monitoring.grafana.queries import load_dashboards, panel_targets, substitute, variables
 from monitoring.metrics import ServiceMetrics
 from monitoring.prometheus_runner import PROMETHEUS_DIR, Prometheus
+from decoding_support import step_registry  # noqa: F401 (fixture: translators with the decoder_step graph)
 from service_support import copy_model, names_by_task, serve, smoke_models  # noqa: F401 (fixture)
 
 ENDPOINT_BY_TASK = {"text-classification": "/classify", "multi-label-classification": "/classify",
@@ -54,8 +55,10 @@ SHADOW_VERSION = "shadow-candidate"
 
 
 @pytest.fixture(scope="module")
-def registry(smoke_models: Path, tmp_path_factory) -> Path:
-    """The smoke models, plus a second version of the text classifier (a copy) to shadow its primary."""
+def registry(step_registry: Path, tmp_path_factory) -> Path:
+    """The smoke models (translators decoded continuously), plus a second version of the text classifier
+    (a copy) to shadow its primary."""
+    smoke_models = step_registry
     root = tmp_path_factory.mktemp("stack_registry")
     for latest in smoke_models.glob("*/LATEST"):
         copy_model(smoke_models, latest.parent.name, root)
@@ -69,11 +72,11 @@ def registry(smoke_models: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stack(registry: Path, smoke_models: Path, tmp_path_factory):
+def stack(registry: Path, tmp_path_factory):
     """Two-worker service (the text classifier mirrored to a shadow candidate) and a Prometheus scraping
     it every second."""
     work = tmp_path_factory.mktemp("monitoring_stack")
-    text = names_by_task(smoke_models)["text-classification"]
+    text = names_by_task(registry)["text-classification"]
     rollouts = {text: {"candidate": SHADOW_VERSION, "mode": "shadow", "share": 1.0}}
     with serve(registry, work, env={"SERVICE_WORKERS": "2", "SERVICE_ROLLOUTS": json.dumps(rollouts)}) as server:
         target = server.url.removeprefix("http://")
@@ -82,13 +85,13 @@ def stack(registry: Path, smoke_models: Path, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def traffic(stack, smoke_models):
+def traffic(stack, registry):
     """Send requests to every model (some invalid, some to an unknown model); return what was sent."""
     server, prom, _ = stack
     prom.wait_for('up{job="modelserve"}', lambda v: list(v.values()) == [1.0])
     # the model series exist at 0 before traffic, so rate() sees the first increments
     prom.wait_for("modelserve_drift_reference_fraction")
-    models = models_by_name(smoke_models)
+    models = models_by_name(registry)
     sent: Counter = Counter()  # (endpoint, status) -> requests
     items: Counter = Counter()  # model -> items answered 200
     lock = threading.Lock()
@@ -116,7 +119,7 @@ def traffic(stack, smoke_models):
             list(pool.map(lambda j: send(client, j), [j for j in jobs if j[0] == r]))
             time.sleep(1.0)
     assert sum(n for (_, status), n in sent.items() if status == "200") > 0, sent
-    return {"sent": sent, "items": items, "tasks": names_by_task(smoke_models), "models": models}
+    return {"sent": sent, "items": items, "tasks": names_by_task(registry), "models": models}
 
 
 def models_by_name(registry: Path) -> dict[str, str]:

@@ -33,14 +33,15 @@ def test_manifest_describes_the_seq2seq_version(registry):
     manifest, folder = load_version(registry, "de-en", latest_version(registry, "de-en"))
     assert manifest.task == "translation"
     assert {(g.role, g.variant) for g in manifest.graphs} == {
-        (r, v) for r in ("encoder", "decoder", "decoder_with_past") for v in ("fp32", "int8")}
+        (r, v) for r in ("encoder", "decoder", "decoder_with_past", "decoder_step") for v in ("fp32", "int8")}
     assert manifest.preprocessing.source_lang == "de" and manifest.preprocessing.target_lang == "en"
     gen = manifest.generation
     assert gen.num_decoder_layers == 1 and gen.num_heads * gen.head_dim == 32
     for key in ("chrf", "bleu", "chrf_greedy", "chrf_beam", "torch_match_greedy_b1", "torch_match_greedy_b16",
-                "torch_match_beam_b16"):
+                "torch_match_beam_b16", "torch_match_continuous_greedy", "torch_match_continuous_beam"):
         assert key in manifest.metrics["fp32"], key
     assert manifest.metrics["fp32"]["torch_match_greedy_b1"] >= 0.99
+    assert manifest.metrics["fp32"]["torch_match_continuous_greedy"] >= 0.99
     assert set(manifest.baseline_metrics) == {"retrieval", "copy_source"}
     assert set(manifest.reference_profile.features) == {"source_tokens", "unknown_rate", "length_ratio", "generated_tokens", "mean_logprob"}
     assert manifest.dataset.source == "user file pairs.tsv" and len(manifest.dataset.fingerprint) == 64

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..manifest import TranslationPreprocessing
 from ..onnx_session import open_session
+from ..continuous import ContinuousDecoder
 from ..seq2seq import DecoderSpec, Hypothesis, Seq2SeqDecoder, pad_batch
 from .base import InputError, Runtime
 
@@ -36,6 +37,12 @@ class TranslatorRuntime(Runtime):
         for role in ("encoder", "decoder", "decoder_with_past"):
             graph = self.manifest.graph(role, self.variant)
             sessions[role], self.provider = open_session(self.version_dir / graph.path, self.settings)
+        # versions exported before continuous batching (and imported ones) have no decoder_step graph
+        has_step = any(g.role == "decoder_step" and g.variant == self.variant for g in self.manifest.graphs)
+        self.step_session = None
+        if has_step:
+            graph = self.manifest.graph("decoder_step", self.variant)
+            self.step_session, _ = open_session(self.version_dir / graph.path, self.settings)
         suppress = sorted({pre.pad_token_id, pre.bos_token_id, pre.decoder_start_token_id} - {pre.eos_token_id})
         self.spec = DecoderSpec(
             num_layers=self.gen.num_decoder_layers,
@@ -82,6 +89,24 @@ class TranslatorRuntime(Runtime):
         )
 
     # ------------------------------------------------------------------ decoding
+
+    @property
+    def supports_continuous(self) -> bool:
+        """Whether this version has the ``decoder_step`` graph continuous batching needs."""
+        return self.step_session is not None
+
+    def continuous_decoder(self, max_rows: int = 64) -> ContinuousDecoder:
+        """A running batch over this version's sessions (``modelkit.continuous``); one per user thread."""
+        if self.step_session is None:
+            raise ValueError(f"{self.manifest.name}/{self.manifest.version} has no decoder_step graph")
+        return ContinuousDecoder(self.decoder.encoder, self.decoder.decoder, self.step_session, self.spec,
+                                 max_rows=max_rows)
+
+    def generate_continuous(self, sources: list[list[int]], *, num_beams: int, max_new_tokens: int,
+                            length_penalty: float = 1.0) -> list[Hypothesis]:
+        """Decode already-validated source ids as one static batch through the continuous decoder."""
+        return self.continuous_decoder(max(len(sources) * num_beams, 1)).decode(
+            sources, num_beams=num_beams, max_new_tokens=max_new_tokens, length_penalty=length_penalty)
 
     def generate_ids(
         self, sources: list[list[int]], *, num_beams: int, max_new_tokens: int, length_penalty: float = 1.0,

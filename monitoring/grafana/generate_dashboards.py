@@ -4,6 +4,8 @@ Two dashboards, provisioned from ``monitoring/grafana/dashboards/``:
 - ``modelserve-overview``: requests/s, error ratios, p50/p95/p99 latency per endpoint, items/s,
   batch sizes, in-flight requests, model status, worst drift, GPU utilisation and memory;
 - ``modelserve-model-health`` (variables model, version, feature): latency by stage, input sizes,
+  continuous decoding of translators (tokens/s, rows in the running batch, rows freed early, time to
+  first token, time per output token, queue wait),
   predicted-class share live vs reference, confidence, drift (PSI, JS) per feature with the alert
   thresholds drawn as lines, live vs reference bin fractions per feature.
 
@@ -256,6 +258,30 @@ def model_health() -> dict:
         timeseries("Errors/s by kind", "validation, model_failure, overload, not_found for this model.",
                    [target('endpoint_model_kind:modelserve_errors:rate5m{model="$model"}', "{{endpoint}} {{kind}}")],
                    "reqps", w=8),
+        row("Decoding (translators with continuous batching)"),
+        timeseries("Generated tokens/s", "Output tokens of finished translations per second (EOS excluded), 5m "
+                   "rate.", [target(f"model:modelserve_generated_tokens:rate5m{{{M}}}", "{{version}} tokens/s")],
+                   "none", w=8),
+        timeseries("Rows in the running batch", "Rows decoding now (a beam text takes num_beams rows), and the "
+                   "mean rows per decoder step over 5m.",
+                   [target(f"model:modelserve_decoding_rows:sum{{{M}}}", "{{version}} now"),
+                    target(f"model:modelserve_decoding_step_rows:mean5m{{{M}}}", "{{version}} mean per step", "B")],
+                   "none", w=8),
+        timeseries("Rows freed early by reason", "Rows that left the batch before their text ended: the client "
+                   "went away (cancelled) or the deadline passed, per second, 5m rate.",
+                   [target(f"model_reason:modelserve_decoding_freed_rows:rate5m{{{M}}}", "{{version}} {{reason}}")],
+                   "none", w=8),
+        timeseries("Time to first token", "From a text's arrival at the decoding queue to its first token, p50 "
+                   "and p99 over 5m.",
+                   [target(f"model:modelserve_time_to_first_token_seconds:quantile5m{{{M}}}",
+                           "{{version}} p{{quantile}}")], "s", w=8),
+        timeseries("Time per output token", "Mean time between a text's tokens after the first, p50 and p99 over "
+                   "5m.", [target(f"model:modelserve_time_per_output_token_seconds:quantile5m{{{M}}}",
+                                   "{{version}} p{{quantile}}")], "s", w=8),
+        timeseries("Queue wait", "Time a text (a request, for the request batcher) waited before its first model "
+                   "call, p50 and p99 over 5m.",
+                   [target(f"model:modelserve_queue_wait_seconds:quantile5m{{{M}}}", "{{version}} p{{quantile}}")],
+                   "s", w=8),
         row("Rollout"),
         stat("Candidate share", "Share of requests routed (canary) or mirrored (shadow) to the candidate version; "
              "0 without a rollout.", [target('max(modelserve_rollout_share{model="$model"})', "share")],

@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import dataplane
+from .. import dataplane, streaming
 from ..errors import ServiceError
 from ..schemas import ClassifyRequest, ImageJsonRequest, ModelInfo, TranslateRequest
 from ..tasks import endpoint_tasks
@@ -75,7 +75,29 @@ async def classify(worker: Worker, request: Request) -> Response:
 
 async def translate(worker: Worker, request: Request) -> Response:
     body = await parse(request, TranslateRequest)
-    return await _run(worker, request, "/translate", body.model, body.texts, body)
+    if body.stream:
+        return await _translate_stream(worker, request, body)
+    # a client that goes away takes its texts out of the decoding queue and batch (service/streaming.py)
+    return await streaming.unless_disconnected(request, _run(worker, request, "/translate", body.model, body.texts,
+                                                             body))
+
+
+async def _translate_stream(worker: Worker, request: Request, body: TranslateRequest) -> Response:
+    """Server-sent events: ``piece`` per new piece of an item's text, then ``result`` (or ``error``)."""
+    request.state.model = body.model
+    route = worker.route_for(body.model, ENDPOINT_TASKS["/translate"], "/translate", version=body.version,
+                             request_id=request.headers.get(REQUEST_ID_HEADER))
+    model, spec = route.model, route.model.spec
+    given = {o.name: getattr(body, o.name, None) for o in spec.options}
+    events, options = await streaming.open_translation(worker, route, body.texts, given, field=spec.items_field)
+    head = {"model": model.name, "version": model.version}
+    return streaming.event_stream(streaming.render(
+        events,
+        piece=lambda i, text: streaming.sse({"index": i, "text": text}, "piece"),
+        done=lambda results: streaming.sse({**head, "results": [spec.json_result(r, options) for r in results]},
+                                           "result"),
+        error=lambda err: streaming.sse(err.body(), "error"),
+    ))
 
 
 async def classify_image(worker: Worker, request: Request) -> Response:

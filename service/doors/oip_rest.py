@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from ..errors import ServiceError
 from ..worker import Worker
-from . import oip, repository
+from . import oip, oip_generate, repository
 from .oip_codec import decode_rest_request, encode_rest_response
 from .responses import RawResponse, json_response
 
@@ -81,7 +81,8 @@ async def infer(worker: Worker, request: Request, name: str, version: str | None
 def route(method: str, path: str):
     """(endpoint label, handler, path parameters) for a ``/v2`` path, or None when it is not one.
 
-    Paths: /v2, /v2/health/{live,ready}, /v2/models/{name}[/versions/{version}][/ready|/infer].
+    Paths: /v2, /v2/health/{live,ready}, /v2/models/{name}[/versions/{version}][/ready|/infer|/generate|
+    /generate_stream].
     """
     parts = path.split("/")[2:]  # after "", "v2"
     if method == "GET" and parts in ([], [""]):
@@ -105,4 +106,6 @@ def route(method: str, path: str):
         return label + "/ready", model_ready, params
     if rest == ["infer"] and method == "POST":
         return label + "/infer", infer, params
+    if rest in (["generate"], ["generate_stream"]) and method == "POST":  # Triton's generate extension
+        return f"{label}/{rest[0]}", getattr(oip_generate, rest[0]), params
     return None

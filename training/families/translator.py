@@ -103,6 +103,9 @@ PARITY_GATE = [
     {"metric": "torch_match_greedy_b1", "min_value": 0.99},
     {"metric": "torch_match_greedy_b16", "min_value": 0.99},
     {"metric": "torch_match_beam_b16", "min_value": 0.95},
+    # the service's continuous batching (decoder_step graph), every test sentence in one running batch
+    {"metric": "torch_match_continuous_greedy", "min_value": 0.99},
+    {"metric": "torch_match_continuous_beam", "min_value": 0.95},
 ]
 
 
@@ -328,6 +331,70 @@ class DecoderWithPastGraph(_GraphBase):
             present += [k, v]
         logits = self.model.lm_head(dec.layer_norm(h)) + self.model.final_logits_bias
         return (logits, *present)
+
+
+STEP_TOP_K = 16  # candidates per row from decoder_step: 2 x the largest beam (max_num_beams 8)
+SUPPRESSED = (PAD, BOS)  # never generated (generation_config's suppress_tokens)
+
+
+class DecoderStepGraph(_GraphBase):
+    """One decoder step for rows at different lengths (continuous batching).
+
+    Each row has its own position and a mask over its self-attention cache slots, so rows that
+    joined the batch at different steps share one call. The cache is neither copied nor grown:
+    the new token attends to the masked past and to itself separately, and the graph returns only
+    this step's key/values, which the caller writes into the row's next slot. The head returns the
+    ``STEP_TOP_K`` best next tokens by log-probability (suppressed tokens excluded), all that
+    greedy and beam search need, instead of [batch, vocab] logits. Written for onnxruntime's CPU
+    kernels: [batch, d] activations (plain Gemm with bias) and constant head shapes: about 110
+    nodes after optimization against 165 for the same step written like ``DecoderWithPastGraph``,
+    and about 10-20% less time per step at 32 rows (measured here).
+    """
+
+    def __init__(self, model, top_k: int = STEP_TOP_K, suppressed=SUPPRESSED):
+        super().__init__(model)
+        vocab = model.config.vocab_size
+        self.d_model = model.config.d_model
+        self.top_k = min(top_k, vocab)
+        bias = torch.zeros(vocab)
+        bias[list(suppressed)] = float("-inf")
+        self.register_buffer("token_bias", bias, persistent=False)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, d] -> [B, heads, 1, head_dim] (constant shape: no shape arithmetic in the graph)."""
+        return x.reshape(-1, self.heads, 1, self.d_model // self.heads)
+
+    def forward(self, input_ids, positions, self_attention_mask, encoder_attention_mask, *past):
+        dec = self.model.model.decoder
+        n = len(dec.layers)
+        past_self, past_cross = past[: 2 * n], past[2 * n:]
+        # one token per row: activations stay [B, d], so projections are plain Gemm calls
+        h = dec.embed_tokens(input_ids[:, 0]) + dec.embed_positions.weight[positions + POSITION_OFFSET]
+        h = dec.layernorm_embedding(h)
+        d = self.d_model
+        self_bias = (1.0 - self_attention_mask[:, None, :].to(h.dtype)) * MASK_VALUE  # [B, 1, P]
+        cross_bias = (1.0 - encoder_attention_mask[:, None, :].to(h.dtype)) * MASK_VALUE
+        new = []
+        for i, layer in enumerate(dec.layers):
+            a = layer.self_attn
+            x = layer.self_attn_layer_norm(h)
+            q, k, v = self._split(a.q_proj(x)), self._split(a.k_proj(x)), self._split(a.v_proj(x))
+            # the new token attends to its row's filled slots (masked past) and to itself, without growing the cache
+            past_scores = torch.matmul(q, past_self[2 * i].transpose(-1, -2))[:, :, 0, :] * self.scale + self_bias
+            own_score = (q * k).sum(-1) * self.scale  # [B, H, 1]
+            probs = torch.softmax(torch.cat([past_scores, own_score], dim=-1), dim=-1)
+            out = torch.matmul(probs[:, :, None, :-1], past_self[2 * i + 1]) + probs[:, :, None, -1:] * v
+            h = h + a.out_proj(out.reshape(-1, d))
+            c = layer.encoder_attn
+            cq = self._split(c.q_proj(layer.encoder_attn_layer_norm(h)))
+            scores = torch.matmul(cq, past_cross[2 * i].transpose(-1, -2))[:, :, 0, :] * self.scale + cross_bias
+            out = torch.matmul(torch.softmax(scores, dim=-1)[:, :, None, :], past_cross[2 * i + 1])
+            h = h + c.out_proj(out.reshape(-1, d))
+            h = self._ffn(layer, h)
+            new += [k, v]
+        logits = self.model.lm_head(dec.layer_norm(h)) + self.model.final_logits_bias[0]
+        values, tokens = torch.topk(torch.log_softmax(logits, dim=-1) + self.token_bias, self.top_k, dim=-1)
+        return (values, tokens, *new)
 
 
 def cache_names(n_layers: int, prefix: str, kind: str) -> list[str]:
@@ -653,10 +720,11 @@ def export_graphs(model, cfg: TranslatorConfig, splits: Splits) -> list[GraphExp
     """Encoder, first-step decoder and with-past decoder, with held-out sample inputs for parity."""
     n = model.config.decoder_layers
     enc_graph, dec_graph, past_graph = EncoderGraph(model), DecoderGraph(model), DecoderWithPastGraph(model)
-    for g in (enc_graph, dec_graph, past_graph):
+    step_graph = DecoderStepGraph(model)
+    for g in (enc_graph, dec_graph, past_graph, step_graph):
         g.eval()
     src, tgt = splits.state["test_ids"]
-    enc_in, dec_in, past_in = [], [], []
+    enc_in, dec_in, past_in, step_in = [], [], [], []
     for rows in _sample_batches(splits, cfg.export.parity_inputs):
         ids, mask = pad([src[i] for i in rows])
         hidden = enc_graph(ids, mask)
@@ -671,11 +739,13 @@ def export_graphs(model, cfg: TranslatorConfig, splits: Splits) -> list[GraphExp
         past = {name: np_(x) for name, x in zip(cache_names(n, "past_key_values", "decoder"), outs[1:1 + 2 * n])}
         past.update({name: np_(x) for name, x in zip(cache_names(n, "past_key_values", "encoder"), outs[1 + 2 * n:])})
         past_in.append({"input_ids": np_(nxt), "encoder_attention_mask": np_(mask), **past})
+        step_in.append(_step_sample(rows, tgt, t, outs, mask, n))
     self_present = cache_names(n, "present", "decoder")
     cross_present = cache_names(n, "present", "encoder")
     self_past = cache_names(n, "past_key_values", "decoder")
     cross_past = cache_names(n, "past_key_values", "encoder")
     src_axes = {0: "batch", 1: "source"}
+    step_out = cache_names(n, "step_key_values", "decoder")
     return [
         GraphExport(
             role="encoder", module=enc_graph, input_names=["input_ids", "attention_mask"],
@@ -708,7 +778,39 @@ def export_graphs(model, cfg: TranslatorConfig, splits: Splits) -> list[GraphExp
             },
             sample_inputs=past_in,
         ),
+        GraphExport(
+            role="decoder_step", module=step_graph,
+            input_names=["input_ids", "positions", "self_attention_mask", "encoder_attention_mask", *self_past,
+                         *cross_past],
+            output_names=["top_logprobs", "top_tokens", *step_out],
+            dynamic_axes={
+                "input_ids": {0: "batch"}, "positions": {0: "batch"}, "self_attention_mask": {0: "batch", 1: "past"},
+                "encoder_attention_mask": src_axes, "top_logprobs": {0: "batch"}, "top_tokens": {0: "batch"},
+                **{k: {0: "batch", 2: "past"} for k in self_past},
+                **{k: {0: "batch", 2: "source"} for k in cross_past},
+                **{k: {0: "batch"} for k in step_out},
+            },
+            sample_inputs=step_in,
+        ),
     ]
+
+
+def _step_sample(rows: list[int], tgt: list[list[int]], t: int, outs, mask: torch.Tensor, n: int) -> dict:
+    """decoder_step inputs whose rows sit at different lengths: row j keeps the first 1 + j % t cache
+    slots of the batch's t-token prefix (the later slots hold real key/values, masked), and feeds the
+    next target token at its own position, so parity also checks that masked slots are ignored."""
+    lengths = [1 + j % t for j in range(len(rows))]
+    self_mask = np.zeros((len(rows), t), dtype=np.int64)
+    for j, length in enumerate(lengths):
+        self_mask[j, :length] = 1
+    ids = [[tgt[i][length - 1]] for i, length in zip(rows, lengths)]
+    feeds = {"input_ids": np.asarray(ids, dtype=np.int64), "positions": np.asarray(lengths, dtype=np.int64),
+             "self_attention_mask": self_mask, "encoder_attention_mask": mask.numpy()}
+    feeds.update({name: x.detach().numpy() for name, x in zip(cache_names(n, "past_key_values", "decoder"),
+                                                               outs[1:1 + 2 * n])})
+    feeds.update({name: x.detach().numpy() for name, x in zip(cache_names(n, "past_key_values", "encoder"),
+                                                               outs[1 + 2 * n:])})
+    return feeds
 
 
 # ---------------------------------------------------------------- evaluation
@@ -733,7 +835,8 @@ def token_agreement(a: list[list[int]], b: list[list[int]]) -> float:
 
 
 def generate_parity(model, runtime, sources: list[list[int]], p: TranslatorParams) -> dict[str, float]:
-    """Share of sources whose ONNX token ids equal torch generate()'s: greedy at batch 1 and 16, beam at 16."""
+    """Share of sources whose ONNX token ids equal torch generate()'s: greedy at batch 1 and 16, beam at 16, and
+    greedy and beam through continuous batching (all sources in one running batch)."""
     out = {}
     for label, beams, bs in (("greedy_b1", 1, 1), ("greedy_b16", 1, 16), ("beam_b16", p.num_beams, 16)):
         ref = torch_generate(model, sources, num_beams=beams, max_new_tokens=p.max_new_tokens,
@@ -744,6 +847,10 @@ def generate_parity(model, runtime, sources: list[list[int]], p: TranslatorParam
                                                            max_new_tokens=p.max_new_tokens,
                                                            length_penalty=p.length_penalty)]
         out[f"torch_match_{label}"] = token_agreement(ref, got)
+        if bs == 16:  # the same reference through continuous batching (modelkit/continuous.py)
+            cont = runtime.generate_continuous(sources, num_beams=beams, max_new_tokens=p.max_new_tokens,
+                                               length_penalty=p.length_penalty)
+            out[f"torch_match_continuous_{label.split('_')[0]}"] = token_agreement(ref, [h.tokens for h in cont])
     return out
 
 

@@ -1,0 +1,52 @@
+"""benchmarks/translator_serving.py runs end to end on a smoke translator: raw decoders, CTranslate2,
+the real ``bentoml serve`` with continuous decoding and with the request batcher, parity under load.
+
+Tiny durations: this checks the script, not speed (the figures live in benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from decoding_support import step_registry  # noqa: F401 (fixture)
+from service_support import smoke_models  # noqa: F401 (fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("ctranslate2", reason="the dev extra's ctranslate2 is not installed")
+pytest.importorskip("torch", reason="training extras not installed")
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("translator_serving", ROOT / "benchmarks" / "translator_serving.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_translator_serving_bench_end_to_end(step_registry, tmp_path):  # noqa: F811
+    results, png = tmp_path / "RESULTS.md", tmp_path / "plot.png"
+    results.write_text("# Benchmark results\n\nkept text\n")
+    data_dir = Path(os.environ.get("SMOKE_DATA_DIR", tmp_path / "data"))
+    rc = _bench().main(["--registry", str(step_registry), "--model", "de-en", "--data-dir", str(data_dir),
+                        "--sentences", "12", "--batch1-sentences", "3", "--clients", "1,4", "--duration", "1.5",
+                        "--rounds", "1", "--results", str(results), "--plot", str(png)])
+    assert rc == 0
+    text = results.read_text()
+    assert "kept text" in text and "<!-- translator_serving:start -->" in text and png.stat().st_size > 0
+    rows = [cells for cells in (line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| "))
+            if len(cells) == 10 and cells[1].strip().isdigit()]  # the service table: decoding, clients, ...
+    assert {r[0].strip() for r in rows} == {"continuous fp32", "continuous int8", "request batcher fp32"}
+    for r in rows:
+        assert float(r[2].replace(",", "")) > 0 and r[8].strip() == "0", r  # sentences/s, no errors
+    raw = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert "CTranslate2" in raw and "continuous engine" in raw
+    parity = re.search(r"equal to the batch decoder's .*: (\d+)/(\d+)", text)
+    assert parity and parity.group(1) == parity.group(2) and int(parity.group(2)) > 0
+    assert re.search(r"beam \d through the service", text)
