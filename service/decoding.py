@@ -138,13 +138,25 @@ class DecodingScheduler:
     def rows(self) -> int:
         return self.engine.rows
 
-    def admit(self, n_items: int, options: dict[str, Any] | None = None) -> None:
-        """Refuse at once (503 + retry_after) when ``n_items`` more would overflow the queue."""
-        if len(self._queue) + n_items > self.max_queue_items:
+    def admit(self, n_items: int, options: dict[str, Any] | None = None, deadline: float | None = None) -> None:
+        """Refuse at once (503 + retry_after) when ``n_items`` more would overflow the queue, or when the
+        queue ahead, at the recent finishing rate, would outlast the request's deadline (without this,
+        a 2 s deadline under overload turned almost every accepted request into a 504)."""
+        queued = len(self._queue)
+        if queued + n_items > self.max_queue_items:
             retry = self._retry_after(n_items)
-            raise ServiceError(503, f"{self.name}: {len(self._queue)} texts wait to be decoded, limit "
+            raise ServiceError(503, f"{self.name}: {queued} texts wait to be decoded, limit "
                                f"{self.max_queue_items}; retry in about {retry:.0f} s", field=None,
                                limit=self.max_queue_items, kind=errors.OVERLOAD, retry_after=retry)
+        deadline = current_deadline() if deadline is None else deadline
+        if deadline is None or not self._finish_rate:
+            return
+        wait, left = (queued + n_items) / self._finish_rate, deadline - time.monotonic()
+        if wait > left:
+            raise ServiceError(503, f"{self.name}: {queued} texts wait to be decoded, about {wait:.1f} s at the recent "
+                               f"{self._finish_rate:.1f} texts/s, and the request's deadline is in {max(left, 0):.1f} s",
+                               field=None, limit=self.max_queue_items, kind=errors.OVERLOAD,
+                               retry_after=max(1.0, queued / self._finish_rate))
 
     async def submit(self, items: list[Any], options: dict[str, Any] | None = None, *, inline: bool = True,
                      deadline: float | None = None) -> list[dict]:
@@ -193,7 +205,9 @@ class DecodingScheduler:
     # ------------------------------------------------------------------ event loop side
 
     def _enqueue(self, items: list[Any], options: dict[str, Any], *, stream: bool, deadline: float | None) -> _Request:
-        self.admit(len(items))
+        if deadline is None:
+            deadline = current_deadline()
+        self.admit(len(items), deadline=deadline)
         num_beams, max_new_tokens, length_penalty = self.runtime.generation_options(**options)
         if num_beams > self.engine.max_beams():
             raise ServiceError(422, f"num_beams {num_beams} is more than continuous decoding of {self.model.name} "
@@ -211,8 +225,6 @@ class DecodingScheduler:
                 raise ServiceError(413, f"{len(s.source)} source tokens, {num_beams} beams and {max_new_tokens} new "
                                    f"tokens need {alone} bytes of key/value cache; {self.model.name} has "
                                    f"{self.max_kv_bytes}", field="max_new_tokens", limit=self.max_kv_bytes)
-        if deadline is None:
-            deadline = current_deadline()
         req = _Request(seqs, loop, stream, deadline)
         for i, s in enumerate(seqs):
             s.tag = _Item(req, i, queued_step=self.engine.steps)

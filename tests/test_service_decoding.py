@@ -147,6 +147,34 @@ def test_full_queue_is_refused_with_retry_after(served):
     assert retry is not None and retry >= 1
 
 
+def test_a_queue_that_would_outlast_the_deadline_is_refused_at_once(served):
+    async def main():
+        sched = scheduler(served, max_rows=2)
+        # a measured finishing rate: the texts of one request, decoded one after another
+        await sched.submit(ids(served, TEXTS[:4]), {"num_beams": 1, "max_new_tokens": 8})
+        sched._rate_at -= 1.0  # fold the count into the rate now rather than a second later
+        sched._count_finished(0)
+        rate = sched._finish_rate
+        first = asyncio.ensure_future(sched.submit(ids(served, TEXTS * 4), {"num_beams": 1, "max_new_tokens": 200}))
+        await asyncio.sleep(0)
+        queued = sched.queued_items
+        t0 = time.monotonic()
+        with pytest.raises(ServiceError) as err:  # ~30 texts ahead cannot be decoded in a millisecond
+            await sched.submit(ids(served, TEXTS[:1]), {"num_beams": 1, "max_new_tokens": 5}, deadline=t0 + 0.001)
+        refused_in = time.monotonic() - t0
+        roomy = await sched.submit(ids(served, TEXTS[:1]), {"num_beams": 1, "max_new_tokens": 5},
+                                   deadline=time.monotonic() + 3600)
+        first.cancel()
+        await sched.close()
+        return rate, queued, err.value, refused_in, roomy
+
+    rate, queued, err, refused_in, roomy = asyncio.run(main())
+    assert rate > 0 and queued > 2
+    assert err.status == 503 and err.kind == "overload" and err.retry_after >= 1 and "deadline" in err.message
+    assert refused_in < 0.05
+    assert roomy[0]["translation"] == expected(served, TEXTS[:1], 1, 5)[0]
+
+
 def test_requests_that_can_never_fit_are_refused(served):
     async def main():
         sched = scheduler(served, max_rows=2, max_kv_bytes=64 * 1024)
