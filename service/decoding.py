@@ -92,7 +92,9 @@ class _Report:
     failed: list[tuple[Sequence, BaseException]] = field(default_factory=list)
     stepped_rows: int = 0  # rows in this iteration's decoder step
     rows: int = 0  # rows running after it
+    texts: int = 0  # texts running after it
     kv_bytes: int = 0
+    busy_s: float = 0.0  # the model thread's time on this iteration
 
 
 class DecodingScheduler:
@@ -115,9 +117,10 @@ class DecodingScheduler:
         self._cv = threading.Condition()
         self._requests: set[_Request] = set()  # requests not answered yet (event loop side)
         self._closed = False
-        self._finish_rate = 0.0  # texts finished per second (moving average), for retry_after
-        self._rate_at = time.perf_counter()
+        self._finish_rate = 0.0  # texts finished per second of decoding (moving average): admission, retry_after
+        self._rate_busy = 0.0  # model-thread seconds and texts finished since the rate was last folded
         self._rate_count = 0
+        self._running_texts = 0
         if warmup:
             self.engine.decode([self.runtime.validate("warm up")], num_beams=1, max_new_tokens=2)
             self.engine.decode([self.runtime.validate("warm up")], num_beams=2, max_new_tokens=2)
@@ -151,12 +154,15 @@ class DecodingScheduler:
         deadline = current_deadline() if deadline is None else deadline
         if deadline is None or not self._finish_rate:
             return
-        wait, left = (queued + n_items) / self._finish_rate, deadline - time.monotonic()
+        # the running texts and the queue go first; a rate per second of decoding, not of wall time, so
+        # an idle spell does not make a busy model look fast or slow
+        ahead = queued + self._running_texts
+        wait, left = (ahead + n_items) / self._finish_rate, deadline - time.monotonic()
         if wait > left:
             raise ServiceError(503, f"{self.name}: {queued} texts wait to be decoded, about {wait:.1f} s at the recent "
                                f"{self._finish_rate:.1f} texts/s, and the request's deadline is in {max(left, 0):.1f} s",
                                field=None, limit=self.max_queue_items, kind=errors.OVERLOAD,
-                               retry_after=max(1.0, queued / self._finish_rate))
+                               retry_after=max(1.0, ahead / self._finish_rate))
 
     async def submit(self, items: list[Any], options: dict[str, Any] | None = None, *, inline: bool = True,
                      deadline: float | None = None) -> list[dict]:
@@ -291,7 +297,8 @@ class DecodingScheduler:
             started = min(s.tag.admitted_at for s in req.seqs)
             telemetry.record_decoded_items(model, results, time.perf_counter() - started)
             self._close_request(req)
-        self._count_finished(len(report.finished))
+        self._running_texts = report.texts
+        self._count_finished(len(report.finished), report.busy_s)
         telemetry.record_decoding_iteration(model, report.stepped_rows, report.rows, report.kv_bytes)
 
     def _stream_piece(self, seq: Sequence, text: str) -> None:
@@ -303,13 +310,14 @@ class DecodingScheduler:
             req.events.put_nowait(("piece", i, text[len(sent):]))
             req.streamed[i] = text
 
-    def _count_finished(self, n: int) -> None:
-        now = time.perf_counter()
+    def _count_finished(self, n: int, busy_s: float) -> None:
+        """Fold finished texts into the rate every 0.5 s of decoding (at the first finished text when none yet)."""
         self._rate_count += n
-        if now - self._rate_at >= 1.0:
-            rate = self._rate_count / (now - self._rate_at)
+        self._rate_busy += busy_s
+        if self._rate_busy >= 0.5 or (not self._finish_rate and self._rate_count and self._rate_busy > 0):
+            rate = self._rate_count / self._rate_busy
             self._finish_rate = rate if not self._finish_rate else 0.7 * self._finish_rate + 0.3 * rate
-            self._rate_at, self._rate_count = now, 0
+            self._rate_busy, self._rate_count = 0.0, 0
 
     def _retry_after(self, n_items: int) -> float:
         """Seconds until the queue has room, from the recent finishing rate (at least 1)."""
@@ -336,7 +344,9 @@ class DecodingScheduler:
                         joining, expired = list(self._queue), []
                         self._queue.clear()
                         raise
+                started = time.perf_counter()
                 self._iterate(joining, expired, report)
+                report.busy_s = time.perf_counter() - started
             except Exception as exc:  # a failed graph call fails the texts it touched, never the thread
                 log.exception("%s: decoding step failed", self.name)
                 failing = [s for s in joining + engine.sequences if not s.done]
@@ -344,7 +354,7 @@ class DecodingScheduler:
                 err = ServiceError(500, f"model {self.model.name} failed while decoding ({type(exc).__name__}; see the "
                                    "server log)")
                 report.failed = [(s, err) for s in failing]
-            report.rows, report.kv_bytes = engine.rows, engine.cache.nbytes
+            report.rows, report.texts, report.kv_bytes = engine.rows, len(engine.sequences), engine.cache.nbytes
             if self.loop is not None:
                 try:
                     self.loop.call_soon_threadsafe(self._deliver, report)

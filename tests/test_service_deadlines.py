@@ -8,6 +8,7 @@ sending 64 sentences with beam search, far more work than the model can do befor
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib.util
 import json
 import sys
@@ -109,6 +110,12 @@ def test_retry_after_is_whole_seconds_and_at_least_one():
 
 
 def test_deadline_rules():
+    # Deadlines.start sets the request's context variable: run in a context of its own, or a later test's
+    # asyncio.run (which copies this thread's context) would find this long-passed deadline
+    contextvars.copy_context().run(_deadline_rules)
+
+
+def _deadline_rules():
     rules = Deadlines(DeadlineSettings(default_s=10, endpoints={"/translate": 30}, max_s=60))
     assert rules.budget("/classify", None) == 10 and rules.budget("/translate", None) == 30
     assert rules.budget("/classify", 0.5) == 0.5 and rules.budget("/classify", 600) == 60

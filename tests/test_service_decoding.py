@@ -152,9 +152,7 @@ def test_a_queue_that_would_outlast_the_deadline_is_refused_at_once(served):
         sched = scheduler(served, max_rows=2)
         # a measured finishing rate: the texts of one request, decoded one after another
         await sched.submit(ids(served, TEXTS[:4]), {"num_beams": 1, "max_new_tokens": 8})
-        sched._rate_at -= 1.0  # fold the count into the rate now rather than a second later
-        sched._count_finished(0)
-        rate = sched._finish_rate
+        rate = sched._finish_rate  # texts per second of decoding, known from the first finished texts
         first = asyncio.ensure_future(sched.submit(ids(served, TEXTS * 4), {"num_beams": 1, "max_new_tokens": 200}))
         await asyncio.sleep(0)
         queued = sched.queued_items
@@ -234,8 +232,9 @@ def test_few_arrivals_wait_a_few_steps_for_company(served):
     async def main():
         sched = scheduler(served, join_min=3, join_wait_steps=4)
         long = asyncio.ensure_future(sched.submit(ids(served, TEXTS[:1]), {"num_beams": 1, "max_new_tokens": 250}))
-        while sched.rows == 0:
+        while sched.rows == 0 and not long.done():
             await asyncio.sleep(0.001)
+        assert not long.done(), "the long text must still be decoding while the others arrive"
         alone = sched.open_stream(ids(served, TEXTS[1:2]), {"num_beams": 1, "max_new_tokens": 5})
         alone_events = [e async for e in alone]
         trio = sched.open_stream(ids(served, TEXTS[2:5]), {"num_beams": 1, "max_new_tokens": 5})
