@@ -217,8 +217,7 @@ def hey(url: str, body_file: Path, n: int, c: int, timeout_s: float, headers: di
     ends = np.array([float(r["offset"]) + float(r["response-time"]) for r in rows])
     starts = np.array([float(r["offset"]) for r in rows])
     elapsed = float(ends.max() - starts.min()) if rows else float("nan")
-    sent = len(rows) if duration_s else n
-    return Load(clients=c, requests=sent, ok=ok, errors=sent - ok, items_s=ok / elapsed if elapsed else 0.0,
+    return Load(clients=c, requests=n, ok=ok, errors=n - ok, items_s=ok / elapsed if elapsed else 0.0,
                 p50_ms=1000 * float(np.median(lat)) if rows else float("nan"),
                 p99_ms=1000 * float(np.percentile(lat, 99)) if rows else float("nan"),
                 client_cpu_ms_per_request=1000 * client_cpu / max(len(rows), 1))

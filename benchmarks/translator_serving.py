@@ -361,8 +361,8 @@ def render(args, manifest, sentences, raw, runs, parity, beam, loads) -> str:
              f"{statistics.mean(len(s.greedy) for s in sentences):.1f} output tokens), {args.threads} thread(s) for "
              f"every engine (the service's default on this machine: one onnxruntime thread beside the event loop).",
              "", f"Machine: {machine()}; {versions()}; ctranslate2 {_version('ctranslate2')}.",
-             f"Load average (1 min) at the start of each phase: {loads}. Other sessions shared the 2 cores "
-             "during the run, so the figures are lower than on an idle machine and rounds vary.", ""]
+             f"Load average (1 min) at the start of each phase: {loads} (the load generator and the server share "
+             f"the cores). What else ran: {args.note}", ""]
     lines += ["### Raw decoders in-process (generated tokens/s, best of "
               f"{args.rounds} interleaved rounds; batch 1 over {args.batch1_sentences} sentences)", "",
               "| engine | fp32 b1 | fp32 b32 | int8 b1 | int8 b32 | same tokens as the batch decoder (fp32 / int8 b32) |",
@@ -441,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-baseline", action="store_true", help="skip the request batcher runs")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     ap.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "translator_serving.png")
+    ap.add_argument("--note", default="nothing else known (say what else ran, if anything)",
+                    help="what else ran on the machine during the run, for the results header")
     args = ap.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     clients = [int(c) for c in args.clients.split(",")]
