@@ -146,3 +146,22 @@ def test_shadow_bench_runs_with_and_without_a_shadow(smoke_models, tmp_path):
     tenth = float(rows["shadow, share 0.1"][7].replace(",", ""))
     # every request compared (a few more: wrk's last in-flight requests), unless the candidate was backed up
     assert mirrored >= 150 and tenth < mirrored / 2, rows
+
+
+@pytest.mark.parametrize("door", ["json", "oip-grpc"])
+def test_request_profile_attributes_the_worker_cpu_per_request(smoke_models, tmp_path, door, capsys):  # noqa: F811
+    """py-spy over a short run (wrk, or h2load for a duration on the gRPC door): a layer table that adds up."""
+    by_task = names_by_task(smoke_models)
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n")
+    rc = _bench("request_profile").main(["--registry", str(smoke_models), "--model", by_task["text-classification"],
+                                         "--door", door, "--seconds", "3", "--results", str(results)])
+    assert rc == 0
+    text = results.read_text()
+    assert f"request_profile:{door}:start" in text
+    answers = int(re.search(r"; ([\d,]+) answers;", text).group(1).replace(",", ""))
+    assert answers > 50
+    shares = [float(m) for m in re.findall(r"^\| event loop: .*? \| ([\d.]+)% \|", text, flags=re.M)]
+    assert shares and abs(sum(shares) - 100) < 1.5, shares
+    total = float(re.search(r"the worker, every thread\*\* \| \| \*\*([\d.]+)\*\*", text).group(1))
+    assert 0 < total < 50, total  # ms of worker CPU per request
