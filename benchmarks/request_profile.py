@@ -122,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
                 layers=profile(pid, args.seconds, Path(tmp) / "profile.raw")))
             threads0 = thread_cpu(pid)
             sampler.start()
-            load = req.run(req.url, body_file, 10**7, 32, args.seconds + 2, req.headers)  # until wrk's time is up
+            if req.door == "oip-grpc":  # h2load: for a duration
+                load = req.run(req.url, body_file, 0, 32, args.seconds + 2, req.headers, duration_s=args.seconds + 2)
+            else:  # wrk runs until its time is up
+                load = req.run(req.url, body_file, 10**7, 32, args.seconds + 2, req.headers)
             sampler.join()
             threads = {k: v - threads0[k] for k, v in thread_cpu(pid).items()}
         finally:

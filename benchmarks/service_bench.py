@@ -217,7 +217,8 @@ def hey(url: str, body_file: Path, n: int, c: int, timeout_s: float, headers: di
     ends = np.array([float(r["offset"]) + float(r["response-time"]) for r in rows])
     starts = np.array([float(r["offset"]) for r in rows])
     elapsed = float(ends.max() - starts.min()) if rows else float("nan")
-    return Load(clients=c, requests=n, ok=ok, errors=n - ok, items_s=ok / elapsed if elapsed else 0.0,
+    sent = len(rows) if duration_s else n
+    return Load(clients=c, requests=sent, ok=ok, errors=sent - ok, items_s=ok / elapsed if elapsed else 0.0,
                 p50_ms=1000 * float(np.median(lat)) if rows else float("nan"),
                 p99_ms=1000 * float(np.percentile(lat, 99)) if rows else float("nan"),
                 client_cpu_ms_per_request=1000 * client_cpu / max(len(rows), 1))
@@ -251,15 +252,18 @@ def wrk(url: str, body_file: Path, n: int, c: int, timeout_s: float, headers: di
                 client_cpu_ms_per_request=1000 * client_cpu / max(answered, 1))
 
 
-def h2load(url: str, body_file: Path, n: int, c: int, timeout_s: float, headers: dict[str, str] | None = None) -> Load:
-    """Run h2load (one thread, ``c`` HTTP/2 connections, one stream each) for ``n`` requests.
+def h2load(url: str, body_file: Path, n: int, c: int, timeout_s: float, headers: dict[str, str] | None = None,
+           duration_s: float | None = None) -> Load:
+    """Run h2load (one thread, ``c`` HTTP/2 connections, one stream each) for ``n`` requests, or for
+    ``duration_s`` seconds when given.
 
     Latency percentiles and items/s come from its per-request log (start, status, duration);
     a missing or non-200 row is an error. gRPC errors travel in trailers of HTTP 200
     answers: the caller adds the server's own count of them.
     """
     log = body_file.with_suffix(".h2load.tsv")
-    cmd = ["h2load", "-n", str(n), "-c", str(c), "-m", "1", "-t", "1", "-d", str(body_file),
+    count = ["-D", f"{duration_s:g}"] if duration_s else ["-n", str(n)]
+    cmd = ["h2load", *count, "-c", str(c), "-m", "1", "-t", "1", "-d", str(body_file),
            "--log-file", str(log), *(a for k, v in (headers or {}).items() for a in ("-H", f"{k}: {v}")), url]
     cpu0 = _children_cpu()
     subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 30)
@@ -269,7 +273,8 @@ def h2load(url: str, body_file: Path, n: int, c: int, timeout_s: float, headers:
     lat = np.array([float(r[2]) for r in rows]) / 1e6
     ok = sum(r[1] == "200" for r in rows)
     elapsed = float((starts + lat).max() - starts.min()) if rows else 0.0
-    return Load(clients=c, requests=n, ok=ok, errors=n - ok, items_s=ok / elapsed if elapsed else 0.0,
+    sent = len(rows) if duration_s else n
+    return Load(clients=c, requests=sent, ok=ok, errors=sent - ok, items_s=ok / elapsed if elapsed else 0.0,
                 p50_ms=1000 * float(np.median(lat)) if rows else float("nan"),
                 p99_ms=1000 * float(np.percentile(lat, 99)) if rows else float("nan"),
                 client_cpu_ms_per_request=1000 * client_cpu / max(len(rows), 1))

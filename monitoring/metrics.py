@@ -69,7 +69,7 @@ from modelkit.profile import bin_indices
 log = logging.getLogger(__name__)
 
 NAMESPACE = "modelserve"
-ERROR_KINDS = ("validation", "model_failure", "overload", "not_found")
+ERROR_KINDS = ("validation", "model_failure", "overload", "not_found", "unauthorized", "rate_limited", "deadline")
 PROTOCOLS = ("json", "oip-rest", "oip-grpc")
 MODEL_STATUSES = ("loading", "ready", "failed", "unloaded")
 STAGES = ("queue_wait", "preprocess", "inference", "postprocess")
@@ -146,6 +146,22 @@ def observe_many(child: Any, values: Sequence[float]) -> None:
         child._buckets[i].inc(int(counts[i]))
 
 
+class RequestSeries:
+    """``request_started`` / ``observe_request`` + ``request_finished`` of one (endpoint, protocol)."""
+
+    def __init__(self, metrics: "ServiceMetrics", endpoint: str, protocol: str):
+        self._metrics = metrics
+        self._endpoint, self._protocol = endpoint, protocol
+        self._in_flight = metrics._in_flight(endpoint, protocol)
+
+    def start(self) -> None:
+        self._metrics._add(self._in_flight, 1.0)
+
+    def done(self, status: int, seconds: float) -> None:
+        self._metrics._add(self._in_flight, -1.0)
+        self._metrics.observe_request(self._endpoint, status, seconds, self._protocol)
+
+
 class ServiceMetrics:
     """All service metrics, registered in one registry (a fresh one per test, the default in the service)."""
 
@@ -161,8 +177,8 @@ class ServiceMetrics:
                                           ["endpoint", "status", "protocol"], buckets=LATENCY_BUCKETS, **r)
         self.in_flight_requests = Gauge(name("requests_in_flight"), "Requests being handled, by endpoint and "
                                         "protocol.", ["endpoint", "protocol"], multiprocess_mode="livesum", **r)
-        self.errors = Counter(name("errors"), "Errors by endpoint, model, kind "
-                              "(validation, model_failure, overload, not_found) and protocol.",
+        self.errors = Counter(name("errors"), "Errors by endpoint, model, kind (validation, model_failure, "
+                              "overload, not_found, unauthorized, rate_limited, deadline) and protocol.",
                               ["endpoint", "model", "kind", "protocol"], **r)
         self.items = Counter(name("items"), "Items (rows) predicted, by model and version.",
                              ["model", "version"], **r)
@@ -298,6 +314,14 @@ class ServiceMetrics:
         self._add(children[0])
         self._observe(children[1], seconds)
 
+    def request_series(self, endpoint: str, protocol: str = "json") -> "RequestSeries":
+        """The series one endpoint of one door writes per request, looked up once (the service's hot path)."""
+        key = ("series", endpoint, protocol)
+        series = self._children.get(key)
+        if series is None:
+            series = self._children[key] = RequestSeries(self, endpoint, protocol)
+        return series
+
     def request_started(self, endpoint: str, protocol: str = "json") -> None:
         """A request entered the handlers (pair with ``request_finished``)."""
         self._add(self._in_flight(endpoint, protocol), 1.0)
@@ -323,7 +347,7 @@ class ServiceMetrics:
             self.request_finished(endpoint, protocol)
 
     def count_error(self, endpoint: str, model: str, kind: str, protocol: str = "json") -> None:
-        """One error of ``kind`` (validation, model_failure, overload, not_found)."""
+        """One error of ``kind`` (one of ``ERROR_KINDS``)."""
         if kind not in ERROR_KINDS:
             raise ValueError(f"error kind {kind!r} not in {ERROR_KINDS}")
         if protocol not in PROTOCOLS:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up, train the default models if none are registered, then serve them on :3000.
+# Set up, train the default models if none are registered, then serve them on :3000 (HTTP: the JSON API and
+# the Open Inference Protocol) and :8001 (OIP over gRPC; SERVICE_GRPC_PORT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

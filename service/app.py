@@ -17,6 +17,7 @@ BentoML provides the HTTP server, the workers, ``/livez``, ``/readyz`` and the O
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -28,7 +29,8 @@ import bentoml
 from . import telemetry
 from .doors import oip_grpc
 from .front import Front
-from .http_app import api
+from .guard import Guard
+from .http_app import api, document_limits
 from .settings import ServiceSettings
 from .worker import Worker
 
@@ -39,6 +41,7 @@ log = logging.getLogger("service")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SETTINGS = ServiceSettings()
 sys.setswitchinterval(SETTINGS.gil_switch_interval_ms / 1000.0)
+document_limits(SETTINGS.max_items_per_request)
 
 
 def _configure_logging() -> None:
@@ -83,6 +86,7 @@ class ModelService:
         log.info("loading models from %s (provider=%s, variant=%s, %d worker(s), %d intra-op thread(s) each)",
                  SETTINGS.registry.resolve(), SETTINGS.provider, SETTINGS.variant, SETTINGS.workers,
                  SETTINGS.intra_op_threads())
+        self.guard = Guard(SETTINGS)  # before the models: a bad key file stops the worker at once
         telemetry.enable_buffering(SETTINGS.metrics_flush_s)
         self.worker = Worker.start(SETTINGS)
         self.grpc_server = None
@@ -97,17 +101,25 @@ class ModelService:
     async def start_background(self) -> None:
         """On the worker's event loop: the gRPC door and the registry watch."""
         if SETTINGS.grpc:
-            self.grpc_server = await oip_grpc.start_server(self.worker, SETTINGS.grpc_host, SETTINGS.grpc_port)
+            self.grpc_server = await oip_grpc.start_server(self.worker, self.guard, SETTINGS.grpc_host,
+                                                           SETTINGS.grpc_port)
+            self.guard.drain.on_stop(self.stop_grpc)
         self.worker.lifecycle.start()
+        # after uvicorn installed its SIGTERM handler (before the app started): the drain wraps it
+        self.guard.drain.install(asyncio.get_running_loop())
+
+    async def stop_grpc(self) -> None:
+        """No new RPCs; running ones get the shutdown timeout (called by the drain, and at shutdown)."""
+        if self.grpc_server is not None:
+            await self.grpc_server.stop(grace=self.guard.drain.timeout_s)
 
     @bentoml.on_shutdown
     async def stop_background(self) -> None:
         await self.worker.lifecycle.stop()
-        if self.grpc_server is not None:
-            await self.grpc_server.stop(grace=5)
+        await self.stop_grpc()
 
-    def __is_ready__(self) -> bool:
-        return self.worker.ready
+    async def __is_ready__(self) -> bool:
+        return self.worker.ready and not self.guard.drain.draining
 
 
 def current_worker() -> Worker | None:
@@ -118,5 +130,13 @@ def current_worker() -> Worker | None:
         return None
 
 
+def current_guard() -> Guard | None:
+    """This process's guard (keys, rate limits, deadlines, drain), once the service instance exists."""
+    try:
+        return bentoml.get_current_service().guard
+    except Exception:
+        return None
+
+
 # outermost of our layers: every door's HTTP routes skip BentoML's request context and the mount
-ModelService.add_asgi_middleware(Front, worker_of=current_worker)
+ModelService.add_asgi_middleware(Front, worker_of=current_worker, guard_of=current_guard)

@@ -11,6 +11,13 @@ handlers (waiting could not fill it). Items that arrive while a call runs form t
 batch, so under load batches grow by themselves. A tiny, fast call with nothing else queued
 or arriving runs on the event loop itself (``inline_max_ms``). If a merged call fails, every request
 in it is retried alone, so a failure reaches only the request that caused it.
+
+Admission: each model call's seconds per item are measured (per options, e.g. beam width), so the
+batcher knows how long its queue will take. A request whose deadline (``service.deadlines``)
+cannot be met is refused at once (``Overloaded`` with ``retry_after``: when the queue will have
+drained) instead of waiting to time out; a request whose deadline passes while it waits, or
+that can no longer finish in time when its batch is taken (the model slowed down), is answered
+``DeadlineExceeded`` then, and its items are dropped before inference.
 """
 
 from __future__ import annotations
@@ -24,18 +31,29 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .deadlines import DeadlineExceeded, current_at
 from .settings import BatchSettings
 
 log = logging.getLogger("service.batcher")
 
 INLINE_MAX_ITEMS = 4
+# admission: the queue's expected time is stretched by this much (the model slows down while the event
+# loop answers a flood), and a cost measured this many seconds ago counts half (a flood's inflated
+# estimate would otherwise refuse everything and never be measured again)
+ESTIMATE_MARGIN = 1.2
+ESTIMATE_HALF_LIFE_S = 5.0
+DEADLINE_SWEEP_S = 0.02  # how late (at most) a passed deadline is answered
 
 # predict(items, options, queue_wait_seconds_per_request) -> one result per item
 PredictFn = Callable[[list[Any], dict[str, Any], list[float]], list[dict]]
 
 
 class Overloaded(Exception):
-    """The model's queue is full; the caller answers 503 with Retry-After."""
+    """The model's queue is full, or would not reach this request in time: 503 with Retry-After."""
+
+    def __init__(self, message: str, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Traffic:
@@ -53,7 +71,7 @@ class Traffic:
         return self.in_handlers - self.parked
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     items: list[Any]
     options: dict[str, Any]
@@ -61,6 +79,8 @@ class _Job:
     future: asyncio.Future
     enqueued_at: float
     inline: bool = True  # may run on the event loop (see Batcher._inline_ok)
+    deadline: float | None = None  # time.monotonic()
+    estimate_s: float = 0.0  # expected model time of its items
     results: list[dict] = field(default_factory=list)
 
 
@@ -75,12 +95,19 @@ class Batcher:
         self.max_queue_items = settings.max_queue_items
         self.inline_max_s = settings.inline_max_ms / 1000.0
         self._small_call_s = float("inf")  # moving average of small calls; unknown until one ran
+        self._item_s: dict[tuple, float] = {}  # moving average of model seconds per item, by options
+        self._item_s_any = 0.0  # the same over every options key (0: nothing measured yet)
+        self._measured_at = 0.0  # when a call last ended (time.monotonic())
+        self._queued_s = 0.0  # expected model time of the queued items
+        self._busy_until = 0.0  # when the running call is expected to end (time.monotonic())
         self._traffic = traffic or Traffic()
         self._pending: deque[_Job] = deque()
         self._queued_items = 0
         self._busy = False  # a model call (or its bookkeeping) is running
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._watched: set[_Job] = set()  # jobs with a deadline, not answered yet
+        self._sweeper: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # the event loop serving this model (set on first submit)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
 
@@ -88,8 +115,45 @@ class Batcher:
     def queued_items(self) -> int:
         return self._queued_items
 
-    async def submit(self, items: list[Any], options: dict[str, Any] | None = None, *, inline: bool = True) -> list[dict]:
+    def item_seconds(self, key: tuple, now: float | None = None) -> float:
+        """Expected model seconds per item for options ``key`` (0 until a call was measured), decaying
+        while no call is measured."""
+        running = self._busy_until != 0.0  # a call is running: its end will be the next measurement
+        age = 0.0 if running else (time.monotonic() if now is None else now) - self._measured_at
+        return self._item_s.get(key, self._item_s_any) * 0.5 ** (max(0.0, age) / ESTIMATE_HALF_LIFE_S)
+
+    def expected_wait(self, now: float) -> float:
+        """Seconds until the queued items will have been through the model."""
+        return max(0.0, self._busy_until - now) + self._queued_s
+
+    def admit(self, n_items: int, options: dict[str, Any] | None = None) -> tuple[tuple, float | None, float]:
+        """Whether ``n_items`` with ``options`` may join the queue now: (options key, deadline, estimate).
+
+        Raises ``DeadlineExceeded`` when the request's deadline (``service.deadlines.current``) has passed,
+        ``Overloaded`` when the queue is full or would not reach these items before the deadline. Cheap:
+        the dataplane calls it before validating the items too, so a refusal costs no tokenization.
+        """
+        key = tuple(sorted((options or {}).items()))
+        now = time.monotonic()
+        deadline = current_at()
+        if deadline is not None and now >= deadline:
+            raise DeadlineExceeded(f"{self.name}: the request's deadline passed before it reached the model")
+        estimate = n_items * self.item_seconds(key, now)
+        wait = self.expected_wait(now)
+        if self._queued_items + n_items > self.max_queue_items:
+            raise Overloaded(f"{self.name}: {self._queued_items} items queued, limit {self.max_queue_items}",
+                             retry_after=wait)
+        if deadline is not None and now + ESTIMATE_MARGIN * (wait + estimate) > deadline:
+            raise Overloaded(f"{self.name}: about {wait + estimate:.2f} s of work is ahead of this request, "
+                             f"its deadline is in {deadline - now:.2f} s", retry_after=wait)
+        return key, deadline, estimate
+
+    async def submit(self, items: list[Any], options: dict[str, Any] | None = None, *, inline: bool = True
+                     ) -> list[dict]:
         """Results for ``items`` (already validated), in order; raises what the model raised.
+
+        Reads the request's deadline (``service.deadlines.current``): ``Overloaded`` at once when the
+        queue would not reach these items in time (``admit``), ``DeadlineExceeded`` when it passes.
 
         ``inline=False``: never run this request's batch on the event loop. A door whose next requests
         the Traffic count cannot see (gRPC: grpc.aio starts handlers one at a time, each submitting
@@ -98,23 +162,47 @@ class Batcher:
         """
         if not items:
             return []
-        if self._queued_items + len(items) > self.max_queue_items:
-            raise Overloaded(f"{self.name}: {self._queued_items} items queued, limit {self.max_queue_items}")
+        options = options or {}
+        key, deadline, estimate = self.admit(len(items), options)
         loop = asyncio.get_running_loop()
         self.loop = loop
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._run_forever(), name=f"batcher-{self.name}")
-        options = options or {}
-        job = _Job(list(items), options, tuple(sorted(options.items())), loop.create_future(), loop.time(), inline)
+        job = _Job(list(items), options, key, loop.create_future(), loop.time(), inline, deadline, estimate)
         self._pending.append(job)
         self._queued_items += len(items)
+        self._queued_s += estimate
         self._traffic.parked += 1
         self._wake.set()
+        if deadline is not None:
+            self._watch(job)
         try:
             return await job.future
         finally:
             self._traffic.parked -= 1
+
+    def _watch(self, job: _Job) -> None:
+        """Answer ``job`` 504 when its deadline passes, queued or in a running call (the batcher skips a
+        job already answered). One sweeper task per batcher checks every ``DEADLINE_SWEEP_S`` instead
+        of a timer and a waiter per request (``asyncio.wait_for``), which cost each request about as
+        much as its JSON parsing."""
+        self._watched.add(job)
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name=f"deadlines-{self.name}")
+
+    async def _sweep(self) -> None:
+        while self._watched:
+            await asyncio.sleep(DEADLINE_SWEEP_S)
+            now = time.monotonic()
+            for job in list(self._watched):
+                if job.future.done():
+                    self._watched.discard(job)
+                elif now >= job.deadline:
+                    self._watched.discard(job)
+                    job.future.set_exception(DeadlineExceeded(
+                        f"{self.name}: the request's deadline passed while it waited ({len(self._pending)} "
+                        "requests queued)"))
 
     async def _run_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -167,21 +255,35 @@ class Batcher:
                 kept.append(job)
         self._pending = kept
         self._queued_items -= n
+        self._queued_s = max(0.0, self._queued_s - sum(j.estimate_s for j in taken)) if self._pending else 0.0
         return taken
 
     async def _run_jobs(self, jobs: list[_Job]) -> None:
         loop = asyncio.get_running_loop()
-        live = [j for j in jobs if not j.future.done()]  # a cancelled request needs no inference
+        now = time.monotonic()
+        for job in jobs:  # a request that cannot finish before its deadline needs no inference
+            if job.deadline is None or job.future.done():
+                continue
+            if job.deadline <= now:
+                job.future.set_exception(DeadlineExceeded(f"{self.name}: the request's deadline passed in the queue"))
+            elif now + len(job.items) * self.item_seconds(job.key, now) > job.deadline:
+                # the model slowed down since it was admitted: answer now and give its time to the others
+                job.future.set_exception(DeadlineExceeded(
+                    f"{self.name}: the request's deadline will pass before its items are through the model"))
+        live = [j for j in jobs if not j.future.done()]  # a cancelled or expired request needs no inference
         if not live:
             return
         items = [it for j in live for it in j.items]
         waits = [loop.time() - j.enqueued_at for j in live]
+        key = live[0].key
+        self._busy_until = now + sum(j.estimate_s for j in live)
         try:
             if self._inline_ok(len(items)) and all(j.inline for j in live):
-                results = self._call(items, live[0].options, waits)
+                results = self._call(items, live[0].options, waits, key)
             else:
-                results = await loop.run_in_executor(self._executor, self._call, items, live[0].options, waits)
+                results = await loop.run_in_executor(self._executor, self._call, items, live[0].options, waits, key)
         except Exception as exc:
+            self._busy_until = 0.0
             if len(live) == 1:
                 live[0].future.set_exception(exc)
                 return
@@ -189,6 +291,7 @@ class Batcher:
             for job in live:
                 await self._run_jobs([job])
             return
+        self._busy_until = 0.0
         start = 0
         for job in live:
             part = results[start : start + len(job.items)]
@@ -209,14 +312,19 @@ class Batcher:
             and self._traffic.arriving() <= 0
         )
 
-    def _call(self, items: list[Any], options: dict[str, Any], waits: list[float]) -> list[dict]:
+    def _call(self, items: list[Any], options: dict[str, Any], waits: list[float], key: tuple = ()) -> list[dict]:
         """Model calls of at most max_batch_size items (in the model's thread, or inline when tiny)."""
         t0 = time.perf_counter()
         out = self._call_chunks(items, options, waits)
+        seconds = time.perf_counter() - t0
         if len(items) <= INLINE_MAX_ITEMS:
-            seconds = time.perf_counter() - t0
             previous = self._small_call_s
             self._small_call_s = seconds if previous == float("inf") else 0.8 * previous + 0.2 * seconds
+        per_item = seconds / len(items)
+        previous = self._item_s.get(key)
+        self._item_s[key] = per_item if previous is None else 0.8 * previous + 0.2 * per_item
+        self._item_s_any = per_item if not self._item_s_any else 0.8 * self._item_s_any + 0.2 * per_item
+        self._measured_at = time.monotonic()
         return out
 
     def _call_chunks(self, items: list[Any], options: dict[str, Any], waits: list[float]) -> list[dict]:
@@ -237,4 +345,6 @@ class Batcher:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -17,8 +17,9 @@ import numpy as np
 
 from modelkit.runtimes import InputError
 
-from . import shadow, telemetry
+from . import auth, shadow, telemetry
 from .batcher import Overloaded
+from .deadlines import DeadlineExceeded
 from .errors import ServiceError
 from .models import ServedModel
 from .worker import Route, Worker
@@ -52,18 +53,28 @@ def _payload_bytes(items: Sequence[Any]) -> int:
                for i in items)
 
 
+def _refusal(model: ServedModel, exc: Overloaded | DeadlineExceeded) -> ServiceError:
+    """503 + Retry-After for an overload, 504 for a deadline that passed."""
+    if isinstance(exc, DeadlineExceeded):
+        return ServiceError(504, str(exc), field="timeout", limit=None)
+    return ServiceError(503, str(exc), field=None, limit=model.batcher.max_queue_items, kind="overload",
+                        retry_after=exc.retry_after)
+
+
 async def predict(model: ServedModel, items: list[Any], options: dict[str, Any], *, inline: bool = True
                   ) -> list[dict]:
     """Validated items through the model's batcher; 503 when its queue is full, 500 when it fails."""
     try:
         return await model.batcher.submit(items, options, inline=inline)
-    except Overloaded as exc:
-        raise ServiceError(503, str(exc), field=None, limit=model.batcher.max_queue_items, kind="overload") from None
+    except (Overloaded, DeadlineExceeded) as exc:
+        raise _refusal(model, exc) from None
     except InputError as exc:  # a runtime refusing an item at predict time
         raise ServiceError(exc.status, str(exc), field=exc.field, limit=exc.limit) from None
     except Exception as exc:
         log.exception("model %s failed on a batch of %d items", model.name, len(items))
-        raise ServiceError(500, f"model {model.name} failed: {type(exc).__name__}: {exc}", field=None) from None
+        # the exception's text (file paths, library internals) stays in the server log
+        raise ServiceError(500, f"model {model.name} failed on this request ({type(exc).__name__}; see the server "
+                           "log)", field=None) from None
 
 
 async def infer(worker: Worker, route: Route, items: Sequence[Any], given: Mapping[str, Any], *,
@@ -74,6 +85,7 @@ async def infer(worker: Worker, route: Route, items: Sequence[Any], given: Mappi
     its requests are answered. A shadow candidate gets the same items after the answer is ready.
     """
     model = route.model
+    auth.check_model(model.name)  # a key limited to some models (service/auth.py)
     model.in_flight += 1
     t0 = time.perf_counter()
     status = 500
@@ -96,8 +108,13 @@ async def infer(worker: Worker, route: Route, items: Sequence[Any], given: Mappi
 
 async def _validated_predict(model: ServedModel, items: Sequence[Any], options: dict[str, Any],
                              field: str, inline: bool) -> list[dict]:
+    runtime_options = model.spec.runtime_options(model.manifest, options)
+    try:  # refuse an overload before validating (tokenizing, decoding) the items; submit checks again
+        model.batcher.admit(len(items), runtime_options)
+    except (Overloaded, DeadlineExceeded) as exc:
+        raise _refusal(model, exc) from None
     if _payload_bytes(items) > OFFLOAD_VALIDATION_BYTES:
         valid = await anyio.to_thread.run_sync(validate_items, model, items, field)
     else:
         valid = validate_items(model, items, field)
-    return await predict(model, valid, model.spec.runtime_options(model.manifest, options), inline=inline)
+    return await predict(model, valid, runtime_options, inline=inline)

@@ -66,14 +66,41 @@ api.add_exception_handler(StarletteHTTPException, _http_error)
 api.add_exception_handler(RequestValidationError, _validation_error)
 
 
+# the request-body schemas of the JSON doors; ``document_limits`` writes the configured item limit into them
+_ITEM_LISTS: list[dict[str, Any]] = []
+
+
+def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
+    """A pydantic JSON schema with its ``#/$defs/...`` references replaced by the definitions (inside the
+    OpenAPI document those references would point nowhere)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            return _inline_refs(defs[ref.rsplit("/", 1)[1]], defs)
+        return {k: _inline_refs(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline_refs(v, defs) for v in node]
+    return node
+
+
 def _json_body(model_cls: Any, example: dict | None = None) -> dict[str, Any]:
     """OpenAPI requestBody for a pydantic model (the handlers parse bodies themselves)."""
     schema = model_cls.model_json_schema()
+    schema = _inline_refs(schema, schema.get("$defs", {}))
+    for name in ("texts", "images"):
+        if name in schema.get("properties", {}):
+            _ITEM_LISTS.append(schema["properties"][name])
     examples = schema.get("examples") or ([example] if example else [])
     content: dict[str, Any] = {"schema": schema}
     if examples:
         content["example"] = examples[0]
     return {"required": True, "content": {"application/json": content}}
+
+
+def document_limits(max_items: int) -> None:
+    """State the configured items-per-request limit in the OpenAPI page (before it is first generated)."""
+    for items in _ITEM_LISTS:
+        items["maxItems"] = max_items
 
 
 @api.get("/metrics", include_in_schema=False)
@@ -122,11 +149,14 @@ _IMAGE_BODY = {
             }
         },
         "application/json": {
-            "schema": ImageJsonRequest.model_json_schema(),
+            "schema": _json_body(ImageJsonRequest)["content"]["application/json"]["schema"],
             "example": {"model": "fashion", "images": ["iVBORw0KGgoAAAANSUhEUgAA..."], "top_k": 3},
         },
     },
 }
+
+
+_ITEM_LISTS.append(_IMAGE_BODY["content"]["multipart/form-data"]["schema"]["properties"]["images"])
 
 
 @api.post("/classify_image", response_model=ClassifyResponse, responses=ERROR_RESPONSES, tags=["JSON API"],

@@ -17,6 +17,7 @@ from modelkit.runtimes import Runtime, create_runtime
 
 from . import telemetry
 from .batcher import Batcher, Traffic
+from .errors import public_text
 from .settings import ServiceSettings
 from .tasks import TaskSpec, spec_for
 
@@ -129,7 +130,7 @@ def load_model(settings: ServiceSettings, name: str, version: str | None, traffi
         if settings.warmup:
             runtime.warmup()
     except Exception as exc:  # any bad file or manifest: this version fails, the others serve
-        reason = _one_line(exc, root)
+        reason = public_text(_one_line(exc, root))  # no server paths, inside the registry or not
         log.error("model %s (version %s) FAILED to load: %s", name, version, reason)
         model = ServedModel(name=name, version=version, status="failed", reason=reason, manifest=manifest,
                             load_seconds=time.perf_counter() - t0)

@@ -33,7 +33,7 @@ class ClassifyRequest(_Body):
     )
     top_k: int | None = Field(
         None, description="labels per text, best first: single-label models default to 1, multi-label ones to every "
-        "label at or above its threshold; at most the number of labels", examples=[2],
+        "label at or above its threshold; at most the number of labels", examples=[2], json_schema_extra={"minimum": 1},
     )
 
     model_config = ConfigDict(
@@ -46,11 +46,12 @@ class TranslateRequest(_Body):
     version: str | None = VERSION_FIELD
     texts: list[str] = Field(min_length=1, description="source sentences", examples=[["Das Haus ist klein."]])
     num_beams: int | None = Field(
-        None, description="beam width, from 1 (default from the manifest; at most its max_num_beams)", examples=[4]
+        None, description="beam width, from 1 (default from the manifest; at most its max_num_beams)", examples=[4],
+        json_schema_extra={"minimum": 1},
     )
     max_new_tokens: int | None = Field(
         None, description="generated tokens per text, from 1 (at most the manifest's max_max_new_tokens)",
-        examples=[64],
+        examples=[64], json_schema_extra={"minimum": 1},
     )
 
     model_config = ConfigDict(
@@ -61,9 +62,10 @@ class TranslateRequest(_Body):
 class ImageJsonRequest(_Body):
     model: str = Field(description="registered image model name", examples=["fashion"])
     version: str | None = VERSION_FIELD
-    images: list[str] = Field(min_length=1, description="base64-encoded image files (PNG, JPEG, ...)")
+    images: list[str] = Field(min_length=1, description="base64-encoded image files (PNG, JPEG, ...)",
+                              json_schema_extra={"items": {"type": "string", "format": "byte"}})
     top_k: int | None = Field(None, description="labels per image, best first (default 1, at most the number of "
-                              "labels)", examples=[3])
+                              "labels)", examples=[3], json_schema_extra={"minimum": 1})
 
 
 # ---- responses ------------------------------------------------------------------------------
@@ -164,11 +166,17 @@ class ErrorResponse(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": desc}
     for code, desc in {
+        400: "malformed X-Request-Timeout header",
+        401: "API key missing or not valid (when auth is on; WWW-Authenticate: Bearer)",
+        403: "the key lacks the infer scope, or may not use this model",
         404: "unknown model (the error lists the known ones)",
         413: "too many items or request body too large",
         415: "wrong content type, or an upload that is not an image",
         422: "invalid field (named in the error, with its limit), wrong task for the endpoint, empty list",
-        503: "model failed to load (reason given) or overloaded",
+        429: "rate limit of this key (or client address) reached; Retry-After says when to come back",
+        503: "model failed to load (reason given), or overloaded: its queue cannot meet the request's deadline "
+             "(Retry-After says when it will have drained)",
+        504: "the request's deadline (X-Request-Timeout, else the endpoint's default) passed before its answer",
     }.items()
 }
 
@@ -198,6 +206,7 @@ class ModelMetadata(BaseModel):
 
 
 class InferenceTensor(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     name: str
     datatype: str
     shape: list[int]
@@ -207,6 +216,7 @@ class InferenceTensor(BaseModel):
 
 
 class RequestedOutputTensor(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     name: str
     parameters: dict[str, Any] | None = Field(
         None, description="binary_data (bool): answer this output in binary; classification (int k): the top k "
@@ -215,6 +225,7 @@ class RequestedOutputTensor(BaseModel):
 
 class InferenceRequest(BaseModel):
     model_config = ConfigDict(
+        extra="forbid",
         json_schema_extra={
             "examples": [
                 {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2],
@@ -245,10 +256,14 @@ class OipError(BaseModel):
 OIP_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": OipError, "description": desc}
     for code, desc in {
-        400: "malformed body or binary data",
+        400: "malformed body or binary data, or X-Request-Timeout",
+        401: "API key missing or not valid (when auth is on)",
+        403: "the key lacks the infer scope, or may not use this model",
         404: "unknown model or version",
         413: "too many items or request body too large",
         422: "an input, output, parameter or item the model cannot take (named in the message, with its limit)",
-        503: "model failed to load or overloaded",
+        429: "rate limit reached; Retry-After",
+        503: "model failed to load, or overloaded (Retry-After)",
+        504: "the deadline (X-Request-Timeout, the timeout parameter in microseconds) passed",
     }.items()
 }

@@ -42,6 +42,39 @@ class RolloutSettings(BaseModel):
     share: float = Field(0.1, ge=0, le=1, description="share of requests routed (canary) or mirrored (shadow)")
 
 
+class AuthSettings(BaseModel):
+    """API keys (service/auth.py). Off by default; on, every door but the probes needs a key."""
+
+    enabled: bool = Field(False, description="require an API key (Authorization: Bearer or x-api-key)")
+    keys_file: Path | None = Field(None, description="JSON key file (sha256 hashes, scopes, models), e.g. a "
+                                   "mounted Secret; `python -m service.auth new` makes an entry")
+    keys: str | None = Field(None, description="the same JSON inline (e.g. SERVICE_AUTH__KEYS from a Secret)")
+    open_metrics: bool = Field(True, description="/metrics without a key (a Prometheus scrape inside the cluster)")
+    open_docs: bool = Field(True, description="the OpenAPI page (/, /docs.json) without a key")
+
+
+class RateLimitSettings(BaseModel):
+    """Token buckets per API key (per client address when auth is off), in requests per second, shared by
+    the workers of one ``bentoml serve`` (service/limits.py); each replica admits the full rate."""
+
+    rate: float = Field(0.0, ge=0, description="requests/s per key or client address; 0 = no limit")
+    burst: float = Field(0.0, ge=0, description="bucket size (requests at once); 0 = max(rate, 1)")
+    max_clients: int = Field(10_000, ge=8, description="bucket slots (32 bytes each); a full table reuses the "
+                             "slot idle longest")
+
+
+class DeadlineSettings(BaseModel):
+    """How long a request may take (service/deadlines.py): the client's timeout, else the endpoint's default."""
+
+    default_s: float = Field(10.0, gt=0, description="deadline of a request that names none")
+    endpoints: dict[str, float] = Field(
+        default_factory=lambda: {"/translate": 20.0},
+        description="per-endpoint defaults by endpoint label: /classify, /translate, /classify_image, "
+        "/v2/models/{name}/infer, ModelInfer (gRPC), ...",
+    )
+    max_s: float = Field(120.0, gt=0, description="longest deadline a client may ask for")
+
+
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SERVICE_", env_nested_delimiter="__", extra="ignore")
 
@@ -108,6 +141,16 @@ class ServiceSettings(BaseSettings):
     state_sync_s: float = Field(0.5, gt=0, le=60, description="seconds between a worker's checks of that folder")
     admin_token: SecretStr | None = Field(
         None, description="bearer token of the repository API (/v2/repository/...); unset: that API answers 401")
+
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    deadlines: DeadlineSettings = Field(default_factory=DeadlineSettings)
+    # on SIGTERM (service/drain.py): readiness fails at once, requests are still taken for shutdown_grace_s,
+    # then the rest of drain_seconds goes to requests in flight, then the worker exits
+    drain_seconds: float = Field(20.0, gt=0, description="longest a worker keeps going after SIGTERM (grace period "
+                                 "included) before it cancels what is still running and exits")
+    shutdown_grace_s: float = Field(5.0, ge=0, description="after SIGTERM, requests are still taken this long "
+                                    "(while load balancers stop sending) before the worker stops accepting")
 
     grpc: bool = Field(True, description="serve the Open Inference Protocol over gRPC too (every worker)")
     grpc_host: str = Field("0.0.0.0", description="address the gRPC door binds")

@@ -25,6 +25,11 @@ def _guard(what: str, fn, *args, **kwargs) -> None:
             log.exception("metrics call %s failed (%s); further failures of it are not logged", what, exc)
 
 
+def call(fn, *args) -> None:
+    """``fn(*args)``, where a metrics failure is logged (once per function), never raised."""
+    _guard(getattr(fn, "__qualname__", "metrics"), fn, *args)
+
+
 def record_model(model: "ServedModel") -> None:
     provider = model.runtime.provider if model.runtime else None
     _guard("set_model_info", metrics.set_model_info, model.name, model.version or "none", model.task or "unknown",
@@ -94,3 +99,26 @@ def enable_buffering(interval_s: float) -> None:
 def flush() -> None:
     """Write this process's buffered metrics now (before a scrape)."""
     _guard("flush", metrics.default_metrics().flush)
+
+
+class _Unrecorded:
+    """Stands in for a request's series when the metrics could not give one (never fails a request)."""
+
+    def start(self) -> None:
+        pass
+
+    def done(self, status: int, seconds: float) -> None:
+        pass
+
+
+def request_series(protocol: str, endpoint: str):
+    """The series a request of ``endpoint`` on ``protocol`` records (``start()``, ``done(status, seconds)``)."""
+    try:
+        return metrics.default_metrics().request_series(endpoint, protocol)
+    except Exception as exc:  # same rule as _guard: metrics never break serving
+        _guard("request_series", _raise, exc)
+        return _Unrecorded()
+
+
+def _raise(exc: Exception) -> None:
+    raise exc

@@ -64,6 +64,8 @@ def serve(registry: Path, workdir: Path, *, env: dict[str, str] | None = None, r
         # one port would silently split each other's calls
         "SERVICE_GRPC_HOST": "127.0.0.1",
         "SERVICE_GRPC_PORT": str(grpc_port),
+        # stop at once when the test is done (the drain's grace period is tested on its own)
+        "SERVICE_SHUTDOWN_GRACE_S": "0",
         **(env or {}),
     }
     with open(log_path, "wb") as log_file:

@@ -146,8 +146,11 @@ def container(docker_env, cpu_image, readable_registry):
     name = f"modelserve-test-{os.getpid()}"
     port = free_port()
     sh(["docker", "run", "-d", "--name", name, "--network", "host",
-        # the same writable paths as the Kubernetes Deployment (readOnlyRootFilesystem + emptyDirs)
+        # the same writable paths as the Kubernetes Deployment (readOnlyRootFilesystem + emptyDirs), no
+        # capabilities, no privilege escalation, Docker's default seccomp profile (RuntimeDefault)
         "--read-only", "--tmpfs", "/tmp", "--tmpfs", f"/home/app/bentoml:uid={SERVICE_UID},gid={SERVICE_UID}",
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+        "-e", "SERVICE_SHUTDOWN_GRACE_S=1",
         "-e", "BENTOML_HOST=127.0.0.1", "-e", f"BENTOML_PORT={port}",
         "-e", "MODEL_REGISTRY=/mnt/registry", "-e", "SERVICE_PROVIDER=cpu",
         # one onnxruntime thread here and in the in-process reference: same arithmetic, same answers
@@ -186,6 +189,19 @@ def test_serving_processes_run_as_non_root(docker_env, container):
     assert top and any("bentoml" in line or "python" in line for line in top)
     uids = {line.split()[0] for line in top}
     assert uids == {str(SERVICE_UID)}, top
+
+
+def test_serving_processes_hold_no_capabilities_and_run_under_seccomp(docker_env, container):
+    name, _ = container
+    config = json.loads(sh(["docker", "inspect", name], env=docker_env).stdout)[0]["HostConfig"]
+    assert config["ReadonlyRootfs"] is True and config["CapDrop"] == ["ALL"]
+    status = sh(["docker", "exec", name, "cat", "/proc/1/status"], env=docker_env).stdout
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    assert int(fields["CapEff"].strip(), 16) == 0 and int(fields["CapPrm"].strip(), 16) == 0
+    assert fields["NoNewPrivs"].strip() == "1"
+    assert fields["Seccomp"].strip() == "2"  # a seccomp filter is in force
+    probe = sh(["docker", "exec", name, "sh", "-c", "touch /app/x 2>&1 || echo refused"], env=docker_env).stdout
+    assert "refused" in probe or "Read-only" in probe
 
 
 def test_image_holds_no_torch_and_no_training_code(docker_env, cpu_image):
@@ -268,6 +284,21 @@ def test_one_request_per_task_matches_in_process_runtime(container, readable_reg
                 assert scores == sorted(scores, reverse=True)
     assert seen_tasks == {m.task for m in (registry.load_version(readable_registry, n)[0]
                                            for n in registry.model_names(readable_registry))}
+
+
+def test_sigterm_drains_and_the_container_exits_cleanly(docker_env, container):
+    """What `docker stop` and Kubernetes do: SIGTERM to PID 1 (bentoml): not ready at once, then exit 0.
+    Last test of the container (it stops it)."""
+    name, url = container
+    sh(["docker", "kill", "--signal", "TERM", name], env=docker_env)
+    t0 = time.monotonic()
+    assert requests.get(f"{url}/readyz", timeout=10).status_code == 503
+    while health(docker_env, name)[0] == "running" and time.monotonic() - t0 < 60:
+        time.sleep(0.2)
+    state = json.loads(sh(["docker", "inspect", name], env=docker_env).stdout)[0]["State"]
+    print(f"\ncontainer exited {time.monotonic() - t0:.1f} s after SIGTERM (grace 1 s), code {state['ExitCode']}")
+    assert state["Status"] == "exited" and time.monotonic() - t0 < 1 + 20 + 5
+    assert state["ExitCode"] in (0, 143), state  # 143: bentoml re-raises SIGTERM after its workers stopped
 
 
 def test_gpu_flavour_installs_onnxruntime_gpu_and_refuses_a_cpu_fallback(docker_env, readable_registry):

@@ -141,6 +141,42 @@ def test_deployment_probes_resources_and_security(rendered):
         assert "nvidia.com/gpu" not in container["resources"]["limits"]
 
 
+def test_pod_is_locked_down_and_its_stop_matches_the_drain(rendered):
+    """Read-only root, no capabilities, seccomp RuntimeDefault, non-root, limits; preStop and the grace period
+    cover the service's drain (service/drain.py: SIGTERM -> SERVICE_SHUTDOWN_GRACE_S still serving -> the rest of
+    SERVICE_DRAIN_SECONDS for requests in flight -> exit)."""
+    from service.settings import ServiceSettings
+
+    _, docs, _ = rendered
+    pod = by_kind(docs)["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    ctx = container["securityContext"]
+    assert ctx["readOnlyRootFilesystem"] is True and ctx["allowPrivilegeEscalation"] is False
+    assert ctx["capabilities"] == {"drop": ["ALL"]} and ctx.get("privileged") is False
+    assert ctx["seccompProfile"] == {"type": "RuntimeDefault"} == pod["securityContext"]["seccompProfile"]
+    assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] == pod["securityContext"]["runAsUser"] != 0
+    assert pod["automountServiceAccountToken"] is False
+    limits = container["resources"]["limits"]
+    assert {"cpu", "memory", "ephemeral-storage"} <= limits.keys()
+    writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+    assert writable == {"/tmp", "/home/app/bentoml"}, writable  # everything else is the read-only image
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] in ("sleep", "/bin/sleep")
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    defaults = ServiceSettings.model_fields
+    drain = float(env.get("SERVICE_DRAIN_SECONDS", defaults["drain_seconds"].default))
+    grace = float(env.get("SERVICE_SHUTDOWN_GRACE_S", defaults["shutdown_grace_s"].default))
+    assert 0 < grace < drain  # the grace period is part of the drain, not added to it
+    needed = float(pre_stop[1]) + drain + 1  # + about a second to exit (measured: 1.1 s)
+    assert needed <= pod["terminationGracePeriodSeconds"] <= needed + 10, (needed, pod["terminationGracePeriodSeconds"])
+
+
+def test_dockerfile_runs_as_a_numeric_non_root_user():
+    """Kubernetes' runAsNonRoot can only verify a numeric USER."""
+    users = [line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0", users
+
+
 def test_prometheusrule_is_generated_from_monitoring_rules(rendered, tmp_path):
     _, docs, _ = rendered
     rule = by_kind(docs)["PrometheusRule"]

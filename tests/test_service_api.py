@@ -119,6 +119,26 @@ def test_openapi_has_endpoints_with_examples(client):
     assert named and named <= served, named - served
 
 
+def test_models_errors_and_docs_disclose_no_paths_versions_or_tracebacks(client, registry):
+    """Failed-model reasons name files relative to the registry; the OpenAPI page names no library."""
+    import bentoml
+    import onnxruntime
+
+    answers = [client.get("/models").text, client.post("/classify", json={"model": "broken-checksum",
+                                                                           "texts": ["x"]}).text,
+               client.post("/classify", json={"model": "broken-graph", "texts": ["x"]}).text,
+               client.get("/v2/models/broken-missing/ready").text, client.get("/docs.json").text,
+               client.get("/no-such-path").text]
+    for text in answers:
+        assert str(registry) not in text and str(registry.resolve()) not in text
+        assert "Traceback" not in text and "site-packages" not in text
+        assert f"BentoML-{bentoml.__version__}" not in text and "contact@bentoml.com" not in text
+    assert f"onnxruntime {onnxruntime.__version__}" not in answers[0]
+    models = {m["name"]: m for m in client.get("/models").json()["models"]}
+    assert "broken-checksum/" in models["broken-checksum"]["reason"]  # the file, relative to the registry
+    assert "source" not in models["broken-checksum"]
+
+
 # ---- happy paths ----------------------------------------------------------------------------
 
 

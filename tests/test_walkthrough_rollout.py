@@ -135,14 +135,16 @@ def test_drift_retrain_canary_promote_then_a_worse_candidate_is_rolled_back(smok
         agreement = prom.wait_for(agreement_q, timeout=30)
         (ratio,) = agreement.values()
         assert ratio < 0.9, f"the barely trained candidate agrees on {ratio:.0%}: it should look worse"
-        counted = {a: v for a, v in _by_version(prom, f'modelserve_shadow_comparisons_total{{model="{name}"}}',
-                                                 "agreement").items()}
+        texts = tweets * 4
+        compared = f'modelserve_shadow_comparisons_total{{model="{name}"}}'
+        # the last comparisons reach Prometheus after the service's metrics flush and the next scrape
+        prom.wait_for(compared, lambda v: sum(v.values()) == len(texts), timeout=30)
+        counted = _by_version(prom, compared, "agreement")
         runtimes = []
         for version in (v2, v3):
             manifest, vdir = load_version(root, name, version)
             runtimes.append(create_runtime(manifest, vdir, SessionSettings(provider="cpu")))
             runtimes[-1].load()
-        texts = tweets * 4
         same = [a["labels"][0]["label"] == b["labels"][0]["label"]
                 for a, b in zip(runtimes[0].predict(texts), runtimes[1].predict(texts))]
         assert counted.get("agree", 0) == float(np.sum(same)) and counted.get("disagree", 0) == float(len(same) -

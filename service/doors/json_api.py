@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -21,6 +20,7 @@ from ..errors import ServiceError
 from ..schemas import ClassifyRequest, ImageJsonRequest, ModelInfo, TranslateRequest
 from ..tasks import endpoint_tasks
 from ..worker import Worker
+from .responses import json_response
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 IMAGE_FILE_FIELDS = ("images", "image", "file", "files")
@@ -29,12 +29,9 @@ PROTOCOL = "json"
 REQUEST_ID_HEADER = "x-request-id"  # canary routing hashes it: a retry with the same id gets the same version
 
 
-def json_response(payload: dict, status: int = 200) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")), status_code=status, media_type="application/json")
-
 
 def error_response(err: ServiceError) -> Response:
-    return json_response(err.body(), err.status)
+    return json_response(err.body(), err.status, err.http_headers())
 
 
 def validation_error(exc: ValidationError) -> ServiceError:
@@ -115,6 +112,8 @@ async def _read_multipart(worker: Worker, request: Request) -> _FormBody:
     limit = worker.settings.max_items_per_request
     try:
         form = await request.form(max_files=limit + 1, max_fields=16)
+    except ServiceError:  # the body grew past its size limit while being read
+        raise
     except Exception as exc:  # malformed multipart, too many parts
         if "too many files" in str(exc).lower():
             raise ServiceError(413, f"more than {limit} images in one request", field="images", limit=limit) from None

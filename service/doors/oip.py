@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import dataplane
+from .. import dataplane, deadlines
 from ..errors import ServiceError
 from ..models import ServedModel
 from ..worker import Route, Worker
@@ -122,6 +122,7 @@ async def infer(worker: Worker, route: Route, request: InferRequest, *, inline: 
                                    limit=sorted(known))
     items, field = items_from(model, request.inputs)
     given = options_from(model, request.parameters)
+    deadlines.apply_parameters(request.parameters)
     results, _ = await dataplane.infer(worker, route, items, given, field=field, inline=inline)
     binary_default = bool(request.parameters.get("binary_data_output", False))
     return outputs_for(model, results, request.outputs, binary_default)

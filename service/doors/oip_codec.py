@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pydantic_core
 
 from ..errors import ServiceError
 
@@ -26,6 +27,7 @@ DTYPES: dict[str, np.dtype] = {
     "BYTES": np.dtype(object),
 }
 _LEN = struct.Struct("<I")
+JSON_MAX_DEPTH = 200  # pydantic-core's (jiter's) fixed recursion limit, for both HTTP doors' JSON bodies
 
 
 @dataclass
@@ -208,9 +210,12 @@ def decode_rest_request(body: bytes, header_length: int | None) -> InferRequest:
     head = body if header_length is None else body[:header_length]
     binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
     try:
-        doc = json.loads(head)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise _bad(f"request body is not valid JSON: {str(exc)[:200]}", "body", status=400) from None
+        # pydantic-core's parser: 4x json.loads here, and nesting is bounded (JSON_MAX_DEPTH levels) by the
+        # parser itself instead of by Python's recursion limit
+        doc = pydantic_core.from_json(head, cache_strings=False)
+    except ValueError as exc:
+        raise _bad(f"request body is not valid JSON (at most {JSON_MAX_DEPTH} levels of nesting): {str(exc)[:200]}",
+                   "body", JSON_MAX_DEPTH, status=400) from None
     if not isinstance(doc, dict):
         raise _bad("request body must be a JSON object", "body", status=400)
     unknown = set(doc) - {"id", "parameters", "inputs", "outputs"}

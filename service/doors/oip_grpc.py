@@ -4,7 +4,12 @@ Each worker runs a ``grpc.aio`` server on its own event loop, bound to the same 
 (SO_REUSEPORT, so the kernel spreads connections over the workers like it does for HTTP), and
 calls the same dataplane as the HTTP doors. Tensors arrive as typed ``contents`` or as
 ``raw_input_contents`` (what ``tritonclient.grpc`` sends); outputs always go back as
-``raw_output_contents``. Errors are gRPC status codes (``ServiceError.grpc_code``).
+``raw_output_contents``. Errors are gRPC status codes (``ServiceError.grpc_code``), with a
+``retry-after`` trailing metadata entry (seconds) on overload and rate limits.
+
+API keys come as ``authorization: Bearer <key>`` or ``x-api-key`` metadata; the call's gRPC
+deadline is the request's deadline (``service.deadlines``). ``ServerLive`` and ``ServerReady``
+are open, like the HTTP probes.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 
 from .. import telemetry
 from ..errors import ServiceError
+from ..guard import OPEN_GRPC, Guard
 from ..worker import Worker
 from . import oip
 from .oip_codec import InferRequest, RequestedOutput, check_shape, dtype_of, from_raw, to_raw
@@ -101,8 +107,19 @@ def _from_contents(t, shape: list[int]) -> np.ndarray:
         raise ServiceError(422, f"input {t.name!r}: data does not fit {t.datatype}: {exc}", field=t.name) from None
 
 
+def _metadata(context) -> dict[str, str]:
+    """Invocation metadata as a dict with lower-case keys (binary ``-bin`` entries left out)."""
+    return {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+def _peer_host(context) -> str | None:
+    peer = context.peer() or ""  # "ipv4:127.0.0.1:5555", "ipv6:[::1]:5555", "unix:..."
+    kind, _, rest = peer.partition(":")
+    return rest.rsplit(":", 1)[0] if kind in ("ipv4", "ipv6") else peer or None
+
+
 def _rpc(method):
-    """Metrics, the traffic count and error -> status code mapping around one RPC method."""
+    """Key check, rate limit, deadline, metrics, the traffic count and error -> status code around one RPC."""
     endpoint = method.__name__
 
     @wraps(method)
@@ -113,13 +130,17 @@ def _rpc(method):
         traffic.in_handlers += 1
         telemetry.request_started(PROTOCOL, endpoint)
         try:
+            if endpoint not in OPEN_GRPC:
+                self.guard.admit(_metadata(context), _peer_host(context))
+                self.guard.deadlines.start(endpoint, context.time_remaining())
             return await method(self, request, context)
         except ServiceError as err:
             status = err.status
             err.log("gRPC", endpoint)
             model = getattr(request, "model_name", "") or getattr(request, "name", "") or None
             telemetry.count_error(PROTOCOL, endpoint, model, err.kind)
-            await context.abort(getattr(grpc.StatusCode, err.grpc_code), err.message)
+            await context.abort(getattr(grpc.StatusCode, err.grpc_code), err.message,
+                                trailing_metadata=err.grpc_trailers())
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
@@ -137,8 +158,9 @@ def _rpc(method):
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The six RPCs of the protocol over one worker's models."""
 
-    def __init__(self, worker: Worker):
+    def __init__(self, worker: Worker, guard: Guard):
         self.worker = worker
+        self.guard = guard
 
     @_rpc
     async def ServerLive(self, request, context):
@@ -146,7 +168,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=self.worker.ready)
+        return pb.ServerReadyResponse(ready=self.worker.ready and not self.guard.drain.draining)
 
     @_rpc
     async def ModelReady(self, request, context):
@@ -187,7 +209,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-async def start_server(worker: Worker, host: str, port: int) -> grpc.aio.Server:
+async def start_server(worker: Worker, guard: Guard, host: str, port: int) -> grpc.aio.Server:
     """A started gRPC server for this worker (every worker binds the same port: SO_REUSEPORT)."""
     limit = worker.settings.max_request_bytes
     server = grpc.aio.server(options=[
@@ -195,7 +217,7 @@ async def start_server(worker: Worker, host: str, port: int) -> grpc.aio.Server:
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", max(limit, 64 * 1024 * 1024)),
     ])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(worker), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(worker, guard), server)
     address = f"{host}:{port}"
     if server.add_insecure_port(address) == 0:
         raise RuntimeError(f"gRPC door could not bind {address}")

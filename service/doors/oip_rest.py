@@ -8,7 +8,6 @@ API would answer.
 
 from __future__ import annotations
 
-import json
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,18 +16,16 @@ from ..errors import ServiceError
 from ..worker import Worker
 from . import oip, repository
 from .oip_codec import decode_rest_request, encode_rest_response
+from .responses import RawResponse, json_response
 
 PROTOCOL = "oip-rest"
 HEADER_LENGTH = "inference-header-content-length"
 REQUEST_ID_HEADER = "x-request-id"
 
 
-def json_response(payload: dict, status: int = 200) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")), status_code=status, media_type="application/json")
-
 
 def error_response(err: ServiceError) -> Response:
-    return json_response({"error": err.message}, err.status)
+    return json_response({"error": err.message}, err.status, err.http_headers())
 
 
 async def live(worker: Worker, request: Request) -> Response:
@@ -77,8 +74,8 @@ async def infer(worker: Worker, request: Request, name: str, version: str | None
         head["id"] = req.id
     body, length = encode_rest_response(head, outputs)
     if length is None:
-        return Response(body, media_type="application/json")
-    return Response(body, media_type="application/octet-stream", headers={"Inference-Header-Content-Length": str(length)})
+        return RawResponse(body)
+    return RawResponse(body, media_type=b"application/octet-stream", headers={"Inference-Header-Content-Length": str(length)})
 
 
 def route(method: str, path: str):

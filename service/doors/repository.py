@@ -20,19 +20,22 @@ from starlette.responses import Response
 
 from modelkit.registry import model_names
 
+from .. import auth
 from ..errors import ServiceError
 from ..worker import Worker
+from .responses import json_response
 
 LOAD_PARAMETERS = {"version", "role", "mode", "share"}
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
-def json_response(payload: Any, status: int = 200) -> Response:
-    return Response(json.dumps(payload, separators=(",", ":")), status_code=status, media_type="application/json")
-
 
 def require_admin(worker: Worker, request: Request) -> None:
-    """401 unless the request carries the admin token."""
+    """401 unless the request carries the admin token, or (API keys on) the front admitted a key with the
+    ``admin`` scope (service/auth.py)."""
+    identity = auth.current.get()
+    if identity is not None and "admin" in identity.scopes:
+        return
     token = worker.settings.admin_token
     given = request.headers.get("authorization", "")
     scheme, _, value = given.partition(" ")
