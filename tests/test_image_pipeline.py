@@ -203,7 +203,7 @@ def test_conv_stem_model_trains_and_exports(tmp_path):
     assert any(isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2) for m in model.modules())
     batch = next(iter(family.batches(cfg, splits, "train", shuffle=True, seed=1)))
     family.loss(model, batch).backward()
-    exported = export_all(family.export_graphs(model.eval(), cfg, splits), cfg.export, tmp_path / "out")
+    exported = export_all(family.export_graphs(model.eval(), cfg, splits), cfg.export, tmp_path)
     assert all(p.passed for p in exported.parity)
 
 
