@@ -100,7 +100,9 @@ def test_an_encoder_that_saw_a_test_text_is_refused(encoder, tmp_path, data_dir,
     test_texts = [ex.text for ex in MODELS["sentiment"].split(cfg, data_dir)[0]["test"]]
     leaky = tmp_path / "leaky"
     shutil.copytree(encoder, leaky)
-    keys = np.concatenate([pretrained.load_keys(encoder), [text_key(t) for t in test_texts[:3]]]).astype(np.uint64)
+    # uint64 on both sides: numpy would turn uint64 + int64 into float64 and lose the hashes' low bits
+    leaked = np.array([text_key(t) for t in test_texts[:3]], dtype=np.uint64)
+    keys = np.concatenate([pretrained.load_keys(encoder), leaked])
     np.save(leaky / pretrained.KEYS, np.sort(keys))
     registry = tmp_path / "registry"
     rc = main(["train", "--preset", "smoke", "--models", "sentiment", "--set", f"sentiment.model.pretrained={leaky}",
