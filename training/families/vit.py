@@ -1,7 +1,8 @@
 """Vision Transformer family: image classification (``fashion`` = Fashion-MNIST, or a user image folder).
 
 A ``transformers`` ViTForImageClassification built from a ViTConfig (no pretrained weights),
-trained with random horizontal flips, small random shifts and label smoothing. Images are
+optionally with a convolutional stem in place of the patch projection (the quick preset's), trained
+with random horizontal flips, small random shifts, optional random erasing and label smoothing. Images are
 turned into tensors by :mod:`modelkit.image`, the code the service runs, and the test split
 is scored through :class:`modelkit.runtimes.image_classifier.ImageClassifierRuntime`.
 """
@@ -116,10 +117,13 @@ PRESETS: dict[str, dict] = {
         "export": {"parity_inputs": 256, "latency_repeats": 3},
         "gate": _gate(0.0),
     },
-    # 2-core CPU: 18 epochs of ~26 s unloaded (2 threads); test accuracy 0.883 / 0.879 measured (seeds 13 / 7)
+    # 2-core CPU, conv stem: 20 epochs of ~40 s (2 threads, machine shared with other jobs); test accuracy
+    # 0.900 measured (seed 13). The patch projection gave 0.883 / 0.879 (seeds 13 / 7, 18 epochs); the
+    # conv stem with random erasing (p 0.25) 0.8985 in 18 epochs
     "quick": {
+        "model": {"stem": "conv"},
         "train": {
-            "epochs": 18,
+            "epochs": 20,
             "batch_size": 128,
             "eval_batch_size": 512,
             "lr": 1e-3,
@@ -128,7 +132,8 @@ PRESETS: dict[str, dict] = {
             "schedule": "cosine",
             "patience": 3,
         },
-        "gate": _gate(0.87, max_below_baseline=0.0),
+        # a point under the measured 0.900: the old patch-projection ViT (0.883) fails it
+        "gate": _gate(0.89, max_below_baseline=0.0),
     },
     # GPU: patch 4 (49 tokens), wider and deeper, longer schedule
     "full": {
