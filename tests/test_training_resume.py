@@ -26,8 +26,10 @@ CASES = {
     # 2 epochs x 12 steps; checkpoints at 5, 10, 12 (epoch), 15, 20: killed after step 17, mid-epoch 2,
     # so steps 16 and 17 are lost and trained again from the step-15 checkpoint
     "sentiment": (["train.checkpoint_every=5"], 17, 15),
-    # 2 epochs x 5 steps, augmented batches: killed after step 7 (epoch 2), resumed from step 6
-    "fashion": (["train.epochs=2", "train.max_steps_per_epoch=5", "train.checkpoint_every=3"], 7, 6),
+    # 2 epochs x 5 steps, augmented batches, conv stem, random erasing and a weight average (its state is
+    # checkpointed too): killed after step 7 (epoch 2), resumed from step 6
+    "fashion": (["train.epochs=2", "train.max_steps_per_epoch=5", "train.checkpoint_every=3", "train.ema_decay=0.9",
+                 "model.stem=conv", "model.erase_prob=0.5"], 7, 6),
 }
 
 

@@ -92,3 +92,53 @@ def test_export_parity_both_exporters_and_int8(tiny_text_data, tmp_path):
         ref = graphs[0].module(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
     got = session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
     assert np.max(np.abs(ref - got)) <= 1e-4
+
+
+def test_weight_average_ramps_up_swaps_in_and_out_and_round_trips():
+    from training.trainer import WeightAverage
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = WeightAverage(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # first update: decay min(0.9, 2/11)
+    expected = 1 - 2 / 11
+    assert ema.shadow["weight"].item() == pytest.approx(expected)
+    for _ in range(200):
+        ema.update(model)
+    assert ema.shadow["weight"].item() == pytest.approx(1.0, abs=1e-6)
+    with torch.no_grad():
+        model.weight.fill_(5.0)
+    with ema.swapped_in(model):
+        assert model.weight.item() == pytest.approx(ema.shadow["weight"].item())
+    assert model.weight.item() == 5.0
+    other = WeightAverage(model, decay=0.9)
+    other.load_state_dict(ema.state_dict())
+    assert other.updates == ema.updates and torch.equal(other.shadow["weight"], ema.shadow["weight"])
+
+
+def test_trainer_with_ema_keeps_the_averaged_weights(tiny_text_data, tmp_path):
+    from training.trainer import WeightAverage
+
+    fam, cfg, splits, model = _prepared("sentiment", tiny_text_data["single"], tmp_path, epochs=1,
+                                        max_steps_per_epoch=5, ema_decay=0.5)
+    start = WeightAverage(model, 0.5)  # replays the trainer's average from the same start
+    seen = []
+    original = torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        out = original(self, *a, **k)
+        start.update(model)
+        seen.append(1)
+        return out
+
+    torch.optim.AdamW.step = step
+    try:
+        train(fam, model, cfg, splits, log_path=None, plots_dir=None, label="t")
+    finally:
+        torch.optim.AdamW.step = original
+    assert len(seen) == 5
+    state = model.state_dict()
+    assert all(torch.allclose(state[k], v) for k, v in start.shadow.items())

@@ -95,3 +95,33 @@ def test_two_translators_train_in_parallel_processes(tmp_path, capsys):
         manifest, _ = load_version(root, name, latest_version(root, name))
         assert manifest.preprocessing.target_lang == lang and manifest.gate.passed
         assert manifest.training.config["train"]["max_minutes"] == 0.5
+
+
+def test_help_pages_pair_the_same_element_of_the_same_page(tmp_path):
+    from training.data.translation import HELP_FOLDERS, HELP_PACKAGES, read_libreoffice_help
+
+    pages = {
+        "en": '<p id="par_1" class="paragraph">Choose <span class="emph">Format - Cells</span>.</p>'
+              '<h2 id="hd_2">Report Wizard</h2><p id="par_3">Only in English.</p>',
+        "ko": '<p id="par_1" class="paragraph"><span class="emph">서식 - 셀</span>을 선택합니다.</p>'
+              '<h2 id="hd_2">보고서 마법사</h2><p id="par_4">다른 문단</p>',
+    }
+    for lang, body in pages.items():
+        folder = tmp_path / HELP_PACKAGES[lang] / "usr/share/libreoffice/help" / HELP_FOLDERS[lang] / "text"
+        folder.mkdir(parents=True)
+        (folder / "page.html").write_text(f"<html><body>{body}</body></html>", encoding="utf-8")
+    pairs = read_libreoffice_help("ko", tmp_path)
+    assert [(p.src, p.tgt) for p in pairs] == [("Choose Format - Cells .", "서식 - 셀 을 선택합니다."),
+                                               ("Report Wizard", "보고서 마법사")]
+
+
+def test_help_pairs_join_train_only_and_never_a_held_out_source():
+    from training.data.translation import add_help_pairs
+
+    train = [Pair("Open", "열기", "lo-ko")]
+    held_out = [Pair("Save As", "다른 이름으로 저장", "lo-ko")]
+    extra = [Pair("save as", "다른 이름으로 저장하기", "lo-help-ko"), Pair("Open", "열다", "lo-help-ko"),
+             Pair("Choose File - Open.", "파일 - 열기를 선택합니다.", "lo-help-ko")]
+    out = add_help_pairs(train, held_out, extra, seed=1)
+    assert sorted(p.src for p in out) == ["Choose File - Open.", "Open"]
+    assert [p.tgt for p in out if p.src == "Open"] == ["열기"]  # the UI pair wins over the help one

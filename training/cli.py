@@ -1,4 +1,4 @@
-"""Command line: ``python -m training train|models|config|promote|rollback|history|import``.
+"""Command line: ``python -m training train|pretrain|models|config|promote|rollback|history|import``.
 
 Exit codes: 0 ok; 1 a model failed its gate (published, not servable, LATEST untouched; or
 ``promote`` refused a gate-failed version); 2 bad config, bad data or an unknown model/version
@@ -109,6 +109,48 @@ def _train_one(name: str, cfg: ModelConfig, options: dict) -> tuple[bool, object
         return False, exc.result
 
 
+def _command_line() -> str:
+    return "python -m training " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from . import pretrain
+
+    registry = Path(args.registry) if args.registry else default_root()
+    cfg = pretrain.resolve_config(args.preset, args.set or [])
+    pretrain.run(cfg, registry=registry, data_dir=Path(args.data_dir), preset=args.preset, command=_command_line(),
+                 name=args.name)
+    return 0
+
+
+def ensure_pretrained(configs: dict[str, ModelConfig], registry: Path, data_dir: Path, preset: str,
+                      *, distributed: bool) -> float:
+    """Point every ``model.pretrained`` at a version folder, pretraining (once) a named encoder that
+    is not in the registry yet; returns the seconds spent pretraining."""
+    from . import pretrain, pretrained
+
+    spent = 0.0
+    for name, cfg in configs.items():
+        ref = getattr(cfg.model, "pretrained", None)
+        if not ref:
+            continue
+        folder = pretrained.resolve(ref, registry)
+        if folder is None:
+            if distributed:
+                raise ConfigError(f"{name}.model.pretrained: no {ref!r} under {registry / pretrained.PRETRAINED_DIR}; "
+                                  "run `python -m training pretrain` first")
+            t0 = time.perf_counter()
+            folder = pretrain.run(pretrain.resolve_config(preset), registry=registry, data_dir=data_dir, preset=preset,
+                                  command=_command_line() + "  # pretraining stage", name=ref)
+            spent += time.perf_counter() - t0
+        cfg.model.pretrained = str(folder)
+        shape = pretrained.load_manifest(folder).config["model"]
+        for key in pretrained.SHAPE_FIELDS:  # the recorded config says what was actually fine-tuned
+            if hasattr(cfg.model, key):
+                setattr(cfg.model, key, shape[key])
+    return spent
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .distributed import env_world_size, init_from_env, shutdown, uses_cuda
     from .families import available_models
@@ -117,6 +159,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.models, args.preset, config_file=args.config, data=args.data or [], sets=args.set or []
     )
     distributed = env_world_size() > 1
+    registry = Path(args.registry) if args.registry else default_root()
+    args.pretrain_seconds = ensure_pretrained(configs, registry, Path(args.data_dir), args.preset,
+                                              distributed=distributed)
     jobs = 1 if distributed else parallel_jobs(args.jobs, configs, available_models())
     ctx = init_from_env(use_cuda=uses_cuda(configs)) if distributed else None
     try:
@@ -130,7 +175,7 @@ def _run_all(args: argparse.Namespace, configs: dict[str, ModelConfig], jobs: in
     registry = Path(args.registry) if args.registry else default_root()
     options = {
         "registry_root": registry, "data_dir": Path(args.data_dir), "preset": args.preset,
-        "command": "python -m training " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": _command_line(),
         "checkpoint_dir": Path(args.checkpoint_dir), "resume": args.resume,
         "promote": not args.no_promote,
     }
@@ -154,6 +199,8 @@ def _run_all(args: argparse.Namespace, configs: dict[str, ModelConfig], jobs: in
     if ctx is not None and not ctx.is_main:
         return 0
     total = time.perf_counter() - t_all
+    if getattr(args, "pretrain_seconds", 0):
+        print(f"\n=== pretraining stage (shared, cached in the registry): {args.pretrain_seconds:.0f} s ===")
     print(f"\n=== {len(summary)} model(s) in {total:.0f} s ===")
     for r in summary:
         print(r.summary_line())
@@ -349,6 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--jobs", default="auto", help="models trained at once, each in its own process (default auto: "
                        "in parallel only for families that allow it, e.g. the single-thread translators)")
     train.set_defaults(func=cmd_train)
+
+    pre = sub.add_parser("pretrain", help="pretrain the shared text encoder (masked language model) into the registry")
+    pre.add_argument("--preset", default="quick", choices=PRESETS, help="config preset (default quick)")
+    pre.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a config field")
+    pre.add_argument("--name", default="text-encoder", help="artefact name (default text-encoder)")
+    pre.add_argument("--registry", help="registry root (default $MODEL_REGISTRY or ./exported)")
+    pre.add_argument("--data-dir", default="data", help="where dataset snapshots are written (default ./data)")
+    pre.set_defaults(func=cmd_pretrain)
 
     models = sub.add_parser("models", help="list the registry")
     models.add_argument("--registry", help="registry root (default $MODEL_REGISTRY or ./exported)")

@@ -67,6 +67,9 @@ class TrainConfig(_Strict):
     progress: bool = True  # tqdm bar
     # resumable runs: a checkpoint every N optimizer steps (and after every epoch); None = epochs only
     checkpoint_every: int | None = Field(500, ge=1)
+    # exponential moving average of the weights (decay per optimizer step): validation, the kept best
+    # weights and the export use the average; None = the raw weights
+    ema_decay: float | None = Field(None, gt=0, lt=1)
 
 
 class ExportConfig(_Strict):

@@ -223,6 +223,10 @@ class Family(ABC):
         """Task-specific plots (confusion matrix, per-label F1); curves are drawn by the trainer."""
         return []
 
+    def description(self, cfg: ModelConfig, preset: str) -> str:
+        """The manifest's one-line description."""
+        return f"{self.__class__.__name__} trained from scratch with the {preset} preset."
+
     def card_notes(self, cfg: ModelConfig, splits: Splits) -> dict[str, str]:
         """Model-card sections: {"data": ..., "intended use": ..., "limits": ...}."""
         return {}

@@ -43,6 +43,7 @@ def render(manifest: Manifest, notes: dict[str, str], plots: list[str]) -> str:
         f"- fingerprint (sha256 of the prepared examples): `{m.dataset.fingerprint}`",
         f"- labels ({len(m.labels)}): " + ", ".join(m.labels[:30]) + (" ..." if len(m.labels) > 30 else ""),
         "",
+        *(["## Pretraining", notes["pretraining"], ""] if notes.get("pretraining") else []),
         f"## Test metrics (headline: {m.headline_metric})",
         _table(rows),
         "",

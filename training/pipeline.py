@@ -174,7 +174,7 @@ def run_model(
             task=family.task,
             git_commit=commit,
             library_versions=library_versions(),
-            description=f"{family.__class__.__name__} trained from scratch with the {preset} preset.",
+            description=family.description(cfg, preset),
             labels=splits.labels,
             graphs=exported.graphs,
             preprocessing=assets.preprocessing,

@@ -127,6 +127,44 @@ def budget_schedule(kind: str, warmup: int, total: int, budget_s: float, t_start
     return factor
 
 
+class WeightAverage:
+    """Exponential moving average of a model's floating-point weights and buffers.
+
+    The decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates, so the average
+    does not drag the random initialisation along; every rank of a DDP run holds the same one.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        state = model.state_dict()
+        for k, avg in self.shadow.items():
+            avg.lerp_(state[k].detach(), 1 - d)
+
+    @contextlib.contextmanager
+    def swapped_in(self, model: torch.nn.Module):
+        """The model holds the averaged weights inside the block, its own ones again after it."""
+        own = {k: v.detach().clone() for k, v in model.state_dict().items() if k in self.shadow}
+        model.load_state_dict(self.shadow, strict=False)
+        try:
+            yield
+        finally:
+            model.load_state_dict(own, strict=False)
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "shadow": {k: v.cpu() for k, v in self.shadow.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = state["updates"]
+        for k, v in state["shadow"].items():
+            self.shadow[k].copy_(v)
+
+
 def steps_per_epoch(n_train: int, cfg: ModelConfig) -> int:
     steps = math.ceil(n_train / cfg.train.batch_size)
     return min(steps, cfg.train.max_steps_per_epoch) if cfg.train.max_steps_per_epoch else steps
@@ -221,6 +259,7 @@ class _Run:
         self.clock = _Clock(ctx, self.device, self.state.elapsed_s)
         self.scheduler = _make_scheduler(self.optimizer, tc, int(tc.warmup_ratio * total), total, self.clock)
         self.best_state = None
+        self.ema = WeightAverage(model, tc.ema_decay) if tc.ema_decay else None
         if payload is not None:
             self._restore(payload)
         elif ctx.rank:
@@ -237,6 +276,8 @@ class _Run:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.best_state = payload["best"]
+        if self.ema is not None:
+            self.ema.load_state_dict(payload["ema"])
         rngs, ctx = payload["rng"], self.ctx
         if len(rngs) == ctx.world_size:
             checkpoint.set_rng_state(rngs[ctx.rank])
@@ -268,6 +309,7 @@ class _Run:
             "rng": rngs,
             "state": asdict(self.state),
             "best": self.best_state,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         })
 
     def train_epoch(self, kill_at: int) -> None:
@@ -295,6 +337,8 @@ class _Run:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
             # the global batch's mean loss: the ranks' weighted shares, summed
             step_loss = ctx.sum([loss.item() * scale], self.device)[0] / ctx.world_size if ctx.enabled else loss.item()
             st.epoch_losses.append(step_loss)
@@ -313,7 +357,9 @@ class _Run:
     def end_epoch(self, seconds: float) -> dict:
         """Validate, keep the best weights, decide whether to stop; the epoch's log record."""
         st, tc, monitor, epoch = self.state, self.tc, self.monitor, self.state.epoch
-        val = validate(self.family, self.model, self.cfg, self.splits, self.ctx)
+        with self.ema.swapped_in(self.model) if self.ema is not None else contextlib.nullcontext():
+            val = validate(self.family, self.model, self.cfg, self.splits, self.ctx)
+            weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         if monitor not in val:
             raise ConfigError(f"{self.label}.train.monitor: {monitor!r} not among validation metrics {sorted(val)}")
         record = {
@@ -327,7 +373,7 @@ class _Run:
         improved = val[monitor] > st.best_metric
         if improved:
             st.best_metric, st.best_epoch, st.bad_epochs = val[monitor], epoch, 0
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.best_state = weights
         else:
             st.bad_epochs += 1
         record["best"] = improved

@@ -270,6 +270,54 @@ def read_libreoffice(lang: str, cache_dir: Path) -> list[Pair]:
     return pairs
 
 
+HELP_PACKAGES = {"en": "libreoffice-help-en-us", "de": "libreoffice-help-de", "ko": "libreoffice-help-ko"}
+HELP_FOLDERS = {"en": "en-US", "de": "de", "ko": "ko"}
+# help pages are generated from the same sources in every language: elements carry the same ids
+_HELP_ELEMENT = re.compile(r'<(p|h[1-6]|td)\s+id="([^"]+)"[^>]*>(.*?)</\1>', re.S)
+_ANY_TAG = re.compile(r"<[^>]+>")
+
+
+def extract_help(lang: str, cache_dir: Path) -> Path:
+    """Download and unpack LibreOffice's ``lang`` help pages once; returns the language's HTML folder."""
+    root = cache_dir / HELP_PACKAGES[lang]
+    folder = root / "usr/share/libreoffice/help" / HELP_FOLDERS[lang]
+    if any(folder.rglob("*.html")):
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        subprocess.run(["apt-get", "download", HELP_PACKAGES[lang]], cwd=tmp, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.run(["dpkg-deb", "-x", str(next(Path(tmp).glob("*.deb"))), str(root)], check=True)
+    if not any(folder.rglob("*.html")):
+        raise FileNotFoundError(f"no help pages in {HELP_PACKAGES[lang]}")
+    return folder
+
+
+def _help_elements(path: Path) -> dict[str, str]:
+    """Element id -> its text (markup removed) of one help page."""
+    out = {}
+    for _, element_id, body in _HELP_ELEMENT.findall(path.read_text(encoding="utf-8", errors="replace")):
+        text = normalise_space(html.unescape(_ANY_TAG.sub(" ", body)))
+        if text:
+            out[element_id] = text
+    return out
+
+
+def read_libreoffice_help(lang: str, cache_dir: Path) -> list[Pair]:
+    """English-``lang`` pairs of the LibreOffice help: the same element of the same page in both languages."""
+    english, other = extract_help("en", cache_dir), extract_help(lang, cache_dir)
+    pairs = []
+    for page in sorted(english.rglob("*.html")):
+        twin = other / page.relative_to(english)
+        if not twin.is_file():
+            continue
+        theirs = _help_elements(twin)
+        for element_id, en in _help_elements(page).items():
+            if element_id in theirs:
+                pairs.append(Pair(en, theirs[element_id], f"lo-help-{lang}"))
+    return pairs
+
+
 def read_pairs_file(path: Path) -> list[Pair]:
     """User pairs: TSV (source<TAB>target) or JSONL ({"source": ..., "target": ...}).
 
@@ -394,13 +442,15 @@ def load_splits(
     max_train: int | None = None,
     pairs: list[Pair] | None = None,
     phrase_pairs: int = 0,
+    help_pairs: bool = False,
 ) -> TranslationSplits:
     """Prepared, leakage-checked, fingerprinted splits of ``name`` (``de-en`` or ``en-ko``).
 
     ``pairs`` replaces the built-in corpus (a user's file, see :func:`read_pairs_file`);
     ``max_train`` caps the training split (smoke preset); ``phrase_pairs`` adds up to that many
     Ding word/phrase pairs to the training split only (corpora with the ``ding`` source), so the
-    held-out splits stay sentences.
+    held-out splits stay sentences; ``help_pairs`` adds the LibreOffice help pages' pairs (corpora
+    with a LibreOffice source) to the training split only, so the held-out splits stay UI strings.
     """
     if name not in CORPORA:
         raise KeyError(f"unknown translation corpus {name!r}; have {sorted(CORPORA)}")
@@ -414,6 +464,11 @@ def load_splits(
         before = len(train)
         train = add_phrases(train, val + test, read_ding_phrases(), phrase_pairs, seed)
         n_phrases = len(train) - before
+    n_help = 0
+    if help_pairs and pairs is None:
+        before = len(train)
+        train = add_help_pairs(train, val + test, collect_help_pairs(name, cache_dir), seed)
+        n_help = len(train) - before
     splits = TranslationSplits(
         name=name, source_lang=spec["source_lang"], target_lang=spec["target_lang"],
         train=train, val=val, test=test, seed=seed,
@@ -424,4 +479,35 @@ def load_splits(
     splits.stats = {"pairs": len(all_pairs), "by_origin": dict(Counter(p.origin for p in all_pairs))}
     if n_phrases:
         splits.stats["phrase_pairs"] = n_phrases
+    if n_help:
+        splits.stats["help_pairs"] = n_help
     return splits
+
+
+def collect_help_pairs(name: str, cache_dir: Path) -> list[Pair]:
+    """The cleaned, filtered, deduplicated help pairs of one model's language pair (cached as JSONL)."""
+    spec = CORPORA[name]
+    lang = spec["target_lang"] if spec["source_lang"] == "en" else spec["source_lang"]
+    cache_file = cache_dir / f"{name}.help.v{CLEANING_VERSION}.jsonl"
+    if cache_file.is_file():
+        with open(cache_file, encoding="utf-8") as f:
+            return [Pair(**json.loads(line)) for line in f]
+    raw = read_libreoffice_help(lang, cache_dir)
+    if spec["source_lang"] != "en":
+        raw = [Pair(p.tgt, p.src, p.origin) for p in raw]
+    pairs = sorted(dedupe([p for p in raw if is_translation(p.src, p.tgt, spec["target_lang"])]),
+                   key=lambda p: (p.src, p.tgt))
+    tmp = cache_file.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for p in pairs:
+            f.write(json.dumps(p.__dict__, ensure_ascii=False) + "\n")
+    tmp.rename(cache_file)
+    return pairs
+
+
+def add_help_pairs(train: list[Pair], held_out: list[Pair], help_pairs: list[Pair], seed: int) -> list[Pair]:
+    """``train`` plus every help pair whose source is in no split yet (shuffled with them)."""
+    taken = {source_key(p.src) for p in train} | {source_key(p.src) for p in held_out}
+    out = train + [p for p in help_pairs if source_key(p.src) not in taken]
+    random.Random(seed + 4).shuffle(out)
+    return out

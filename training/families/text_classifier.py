@@ -64,6 +64,10 @@ class TextModelParams(_Strict):
     dropout: float = Field(0.1, ge=0, lt=1)
     pooling: Literal["mean", "cls"] = "mean"
     prior_bias: bool = True  # multi-label: start each label's bias at its training log-odds
+    # Fine-tune a pretrained encoder (``python -m training pretrain``): a name in the registry's
+    # .pretrained folder (its LATEST; `train` pretrains it first when absent), name@version or a
+    # folder. Its tokenizer and shape replace vocab_size ... intermediate_size; `train` records them.
+    pretrained: str | None = None
     threshold: Literal["global", "per_label"] = "global"  # multi-label decision thresholds
 
 
@@ -115,6 +119,15 @@ class BertClassifier(torch.nn.Module):
             m = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)
             pooled = (out.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1.0)
         return self.head(self.dropout(pooled))
+
+
+def load_encoder(bert, folder: Path) -> None:
+    """Pretrained weights into ``bert`` (only a [CLS] pooler, absent from an MLM encoder, stays new)."""
+    from safetensors.torch import load_file
+
+    missing, unexpected = bert.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    if unexpected or any(not k.startswith("pooler.") for k in missing):
+        raise ConfigError(f"pretrained encoder {folder} does not fit: missing {missing}, unexpected {unexpected}")
 
 
 class TextClassifierFamily(Family):
@@ -186,7 +199,8 @@ class TextClassifierFamily(Family):
         check_labels(examples, cfg.data.labels)
         return examples, SENTIMENT_LABELS, SENTIMENT_SOURCE, "MIT"
 
-    def prepare_data(self, cfg: TextClassifierConfig, data_dir: Path) -> Splits:
+    def split(self, cfg: TextClassifierConfig, data_dir: Path) -> tuple[dict[str, list[Example]], list[str], str, str | None]:
+        """Deduplicated, seeded train/val/test examples, the label list, the source and its licence."""
         examples, labels, source, licence = self._load(cfg, data_dir)
         examples = deduplicate(examples, multi_label=self.multi_label)
         examples = subsample(examples, cfg.data.max_examples, cfg.data.seed)
@@ -200,6 +214,10 @@ class TextClassifierFamily(Family):
             seed=cfg.data.seed,
             stratify=not self.multi_label,
         )
+        return parts, labels, source, licence
+
+    def prepare_data(self, cfg: TextClassifierConfig, data_dir: Path) -> Splits:
+        parts, labels, source, licence = self.split(cfg, data_dir)
         index = {lab: i for i, lab in enumerate(labels)}
 
         def targets(exs: list[Example]):
@@ -211,7 +229,10 @@ class TextClassifierFamily(Family):
             return np.asarray([index[ex.labels[0]] for ex in exs], dtype=np.int64)
 
         split_objs = {k: Split([ex.text for ex in v], targets(v)) for k, v in parts.items()}
-        tokenizer = train_tokenizer(split_objs["train"].x, cfg.model)
+        if cfg.model.pretrained:
+            tokenizer = self._pretrained_tokenizer(cfg, split_objs)
+        else:
+            tokenizer = train_tokenizer(split_objs["train"].x, cfg.model)
         encoder = TextEncoder(tokenizer, cfg.model.max_length, tokenizer.token_to_id(PAD), tokenizer.token_to_id(UNK))
         state = {"tokenizer": tokenizer, "encoder": encoder}
         state["encoded"] = {k: encoder.encode_batch(s.x) for k, s in split_objs.items()}
@@ -223,6 +244,27 @@ class TextClassifierFamily(Family):
             seed=cfg.data.seed,
         )
         return Splits(split_objs["train"], split_objs["val"], split_objs["test"], labels, dataset, state)
+
+    def _pretrained_tokenizer(self, cfg: TextClassifierConfig, split_objs: dict[str, Split]):
+        """The encoder's own tokenizer, once it is shown that no held-out text was in its corpus."""
+        from tokenizers import Tokenizer
+
+        from ..data.corpus import seen_in
+        from ..pretrained import TOKENIZER, load_keys, load_manifest
+
+        folder = Path(cfg.model.pretrained)
+        shape = load_manifest(folder).config["model"]
+        if cfg.model.max_length > shape["max_length"]:
+            raise ConfigError(f"{self.name}.model.max_length {cfg.model.max_length} exceeds the pretrained "
+                              f"encoder's {shape['max_length']} positions ({folder})")
+        keys = load_keys(folder)
+        for split in ("val", "test"):
+            seen = seen_in(keys, split_objs[split].x)
+            if seen:
+                raise DataError(f"{self.name}: the pretrained encoder {folder} saw {seen} text(s) of this run's "
+                                f"{split} split; pretrain again without them (data.exclude_held_out_of) or keep "
+                                "the split it excluded (data.seed and fractions)")
+        return Tokenizer.from_file(str(folder / TOKENIZER))
 
     def baselines(self, cfg: TextClassifierConfig, splits: Splits) -> dict[str, dict[str, float]]:
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -271,7 +313,12 @@ class TextClassifierFamily(Family):
             pad_token_id=enc.pad_token_id,
             num_labels=len(splits.labels),
         )
+        if m.pretrained:
+            config = BertConfig.from_pretrained(m.pretrained, num_labels=len(splits.labels),
+                                                hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.dropout)
         model = BertClassifier(config, m.pooling)
+        if m.pretrained:
+            load_encoder(model.bert, Path(m.pretrained))
         if self.multi_label and m.prior_bias:
             # rare labels start near their base rate instead of 0.5: BCE does not waste epochs unlearning it
             p = np.clip(splits.train.y.mean(axis=0), 1e-4, 0.5)
@@ -410,7 +457,24 @@ class TextClassifierFamily(Family):
             return [per_label_f1_plot(evaluation.details["y_true"], evaluation.details["y_pred"], splits.labels, out_dir)]
         return [confusion_matrix_plot(evaluation.details["y_true"], evaluation.details["y_pred"], splits.labels, out_dir)]
 
+    def description(self, cfg: TextClassifierConfig, preset: str) -> str:
+        if not cfg.model.pretrained:
+            return super().description(cfg, preset)
+        from ..pretrained import load_manifest
+
+        m = load_manifest(Path(cfg.model.pretrained))
+        return (f"{self.__class__.__name__} fine-tuned from the pretrained encoder {m.name}/{m.version} "
+                f"with the {preset} preset.")
+
     def card_notes(self, cfg: TextClassifierConfig, splits: Splits) -> dict[str, str]:
+        notes = self._card_notes()
+        if cfg.model.pretrained:
+            from ..pretrained import summary
+
+            notes["pretraining"] = summary(Path(cfg.model.pretrained))
+        return notes
+
+    def _card_notes(self) -> dict[str, str]:
         if self.multi_label:
             return {
                 "intended use": "Suggest topical debtags for a one-line software package description (English).",

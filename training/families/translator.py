@@ -52,6 +52,8 @@ class TranslatorData(DataConfig):
     # Ding word/phrase pairs added to the training split only (de-en; never held out). Off in the quick
     # preset: 22.5k of them lowered de-en validation chrF (beam 4) from 33.4 to 30.2 in a 12-minute run
     phrase_pairs: int = Field(0, ge=0)
+    # the LibreOffice help pages' pairs (same element, both languages) added to the training split only
+    help_pairs: bool = False
 
 
 class TranslatorParams(BaseModel):
@@ -551,7 +553,7 @@ class TranslatorFamily(Family):
                 pairs = read_pairs_file(Path(d.path))
             raw = load_splits(self.name, cache_dir=Path(data_dir) / "translation", seed=d.seed,
                               val_size=d.val_size, test_size=d.test_size, max_train=d.max_examples, pairs=pairs,
-                              phrase_pairs=d.phrase_pairs)
+                              phrase_pairs=d.phrase_pairs, help_pairs=d.help_pairs)
         except (FileNotFoundError, ValueError) as exc:
             raise DataError(f"{self.name}: {exc}") from exc
         tok = train_tokenizer([x.src for x in raw.train] + [x.tgt for x in raw.train], p.vocab_size)

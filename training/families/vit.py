@@ -1,7 +1,8 @@
 """Vision Transformer family: image classification (``fashion`` = Fashion-MNIST, or a user image folder).
 
 A ``transformers`` ViTForImageClassification built from a ViTConfig (no pretrained weights),
-trained with random horizontal flips, small random shifts and label smoothing. Images are
+optionally with a convolutional stem in place of the patch projection (the quick preset's), trained
+with random horizontal flips, small random shifts, optional random erasing and label smoothing. Images are
 turned into tensors by :mod:`modelkit.image`, the code the service runs, and the test split
 is scored through :class:`modelkit.runtimes.image_classifier.ImageClassifierRuntime`.
 """
@@ -60,6 +61,13 @@ class ViTParams(BaseModel):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     flip: bool = True  # random horizontal flip
     max_shift: int = Field(2, ge=0)  # random shift in pixels (edge pixels repeated)
+    # "conv": the patch projection becomes 3x3 stride-2 convolutions (``stem_channels``, GELU after
+    # each) and a 3x3 convolution to ``hidden_size`` with stride 1 or 2, landing on the same
+    # image_size / patch_size grid of tokens as the plain patch projection
+    stem: Literal["patch", "conv"] = "patch"
+    stem_channels: list[int] = Field(default_factory=lambda: [32, 64])
+    erase_prob: float = Field(0.0, ge=0, le=1)  # random erasing: chance per image of one blanked rectangle
+    erase_max_area: float = Field(0.25, gt=0, le=1)  # its largest share of the image
 
     @model_validator(mode="after")
     def _check_shapes(self) -> "ViTParams":
@@ -67,7 +75,24 @@ class ViTParams(BaseModel):
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+        if self.stem == "conv":
+            conv_stem_final_stride(self.image_size, self.patch_size, self.stem_channels)
         return self
+
+
+def conv_stem_final_stride(image_size: int, patch_size: int, channels: list[int]) -> int:
+    """Stride (1 or 2) of the conv stem's last convolution that gives the patch grid; ValueError if none does."""
+    side = image_size
+    for _ in channels:
+        side = (side + 1) // 2  # 3x3, stride 2, padding 1
+    grid = image_size // patch_size
+    for stride in (1, 2):
+        if (side + stride - 1) // stride == grid:
+            return stride
+    raise ValueError(
+        f"a conv stem of {len(channels)} stride-2 convolutions gives a {side}x{side} map, which cannot become "
+        f"the {grid}x{grid} token grid of image_size {image_size} / patch_size {patch_size}"
+    )
 
 
 class ViTModelConfig(ModelConfig):
@@ -92,10 +117,13 @@ PRESETS: dict[str, dict] = {
         "export": {"parity_inputs": 256, "latency_repeats": 3},
         "gate": _gate(0.0),
     },
-    # 2-core CPU: 18 epochs of ~26 s unloaded (2 threads); test accuracy 0.883 / 0.879 measured (seeds 13 / 7)
+    # 2-core CPU, conv stem: 20 epochs of ~40 s (2 threads, machine shared with other jobs); test accuracy
+    # 0.900 measured (seed 13). The patch projection gave 0.883 / 0.879 (seeds 13 / 7, 18 epochs); the
+    # conv stem with random erasing (p 0.25) 0.8985 in 18 epochs
     "quick": {
+        "model": {"stem": "conv"},
         "train": {
-            "epochs": 18,
+            "epochs": 20,
             "batch_size": 128,
             "eval_batch_size": 512,
             "lr": 1e-3,
@@ -104,7 +132,8 @@ PRESETS: dict[str, dict] = {
             "schedule": "cosine",
             "patience": 3,
         },
-        "gate": _gate(0.87, max_below_baseline=0.0),
+        # a point under the measured 0.900: the old patch-projection ViT (0.883) fails it
+        "gate": _gate(0.89, max_below_baseline=0.0),
     },
     # GPU: patch 4 (49 tokens), wider and deeper, longer schedule
     "full": {
@@ -162,6 +191,44 @@ def augment(x: "torch.Tensor", generator: "torch.Generator", *, flip: bool, max_
         cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
         x = x.gather(3, cols)
     return x
+
+
+def conv_stem(p: ViTParams) -> "torch.nn.Module":
+    """Convolutions in place of the patch projection (early convolutions train ViTs faster and better
+    on small images); exposes ``weight`` because transformers' ViT reads the projection's dtype from it."""
+    import torch
+
+    class ConvStem(torch.nn.Sequential):
+        @property
+        def weight(self):
+            return self[-1].weight
+
+    layers, c_in = [], p.channels
+    for c in p.stem_channels:
+        layers += [torch.nn.Conv2d(c_in, c, 3, stride=2, padding=1), torch.nn.GELU()]
+        c_in = c
+    stride = conv_stem_final_stride(p.image_size, p.patch_size, p.stem_channels)
+    layers.append(torch.nn.Conv2d(c_in, p.hidden_size, 3, stride=stride, padding=1))
+    return ConvStem(*layers)
+
+
+def random_erase(x: "torch.Tensor", generator: "torch.Generator", *, prob: float, max_area: float) -> "torch.Tensor":
+    """Blank one random rectangle (to the image mean) in a ``prob`` share of an NCHW batch."""
+    import torch
+
+    n, _, h, w = x.shape
+    hit = torch.rand(n, generator=generator) < prob
+    area = torch.rand(n, generator=generator) * (max_area - 0.02) + 0.02
+    aspect = torch.exp((torch.rand(n, generator=generator) - 0.5) * 2 * 1.2)  # log-uniform in [0.3, 3.3]
+    eh = (torch.sqrt(area * aspect) * h).round().clamp(1, h).long()
+    ew = (torch.sqrt(area / aspect) * w).round().clamp(1, w).long()
+    top = (torch.rand(n, generator=generator) * (h - eh + 1)).long()
+    left = (torch.rand(n, generator=generator) * (w - ew + 1)).long()
+    rows, cols = torch.arange(h)[None, :], torch.arange(w)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])
+    in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])
+    mask = (in_rows[:, :, None] & in_cols[:, None, :] & hit[:, None, None])[:, None]
+    return torch.where(mask, x.mean(dim=(2, 3), keepdim=True), x)
 
 
 def _logits_module(model):
@@ -253,7 +320,10 @@ class ViTFamily(Family):
             label2id={label: i for i, label in enumerate(splits.labels)},
             label_smoothing=p.label_smoothing,  # read by loss()
         )
-        return ViTForImageClassification(config)
+        model = ViTForImageClassification(config)
+        if p.stem == "conv":
+            model.vit.embeddings.patch_embeddings.projection = conv_stem(p)
+        return model
 
     def batches(self, cfg: ViTModelConfig, splits: Splits, split: str, *, shuffle: bool, seed: int) -> Iterator[dict]:
         """Batches of {"pixel_values", "labels"}; the shuffled train split is augmented."""
@@ -270,6 +340,8 @@ class ViTFamily(Family):
             pixels = x[idx]
             if train_aug:
                 pixels = augment(pixels, generator, flip=cfg.model.flip, max_shift=cfg.model.max_shift)
+                if cfg.model.erase_prob:
+                    pixels = random_erase(pixels, generator, prob=cfg.model.erase_prob, max_area=cfg.model.erase_max_area)
             yield {"pixel_values": pixels, "labels": y[idx]}
 
     def loss(self, model, batch: dict):
