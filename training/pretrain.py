@@ -27,8 +27,9 @@ from modelkit.registry import file_entries, new_version_id
 from modelkit.text import SPECIAL_TOKENS
 
 from . import pretrained as art
-from .config import ConfigError, DataConfig, ModelConfig, _Strict
+from .config import ConfigError, DataConfig, ModelConfig
 from .data.corpus import SOURCES, build_corpus, text_key
+from .families.text_classifier import EncoderParams
 from .family import Split, Splits
 
 IGNORE = -100  # label of unmasked positions (not in the loss)
@@ -41,16 +42,7 @@ class CorpusConfig(DataConfig):
     val_texts: int = Field(1000, ge=10)  # corpus texts held out to validate the masked-token accuracy
 
 
-class MLMParams(_Strict):
-    vocab_size: int = Field(8000, ge=100)
-    min_frequency: int = Field(2, ge=1)
-    lowercase: bool = True
-    max_length: int = Field(64, ge=8, le=512)
-    hidden_size: int = Field(128, ge=8)
-    num_layers: int = Field(2, ge=1)
-    num_heads: int = Field(2, ge=1)
-    intermediate_size: int = Field(512, ge=8)
-    dropout: float = Field(0.1, ge=0, lt=1)
+class MLMParams(EncoderParams):
     mask_prob: float = Field(0.15, gt=0, lt=1)
 
 

@@ -52,7 +52,9 @@ class TextDataConfig(DataConfig):
         return v
 
 
-class TextModelParams(_Strict):
+class EncoderParams(_Strict):
+    """The encoder's tokenizer and shape: the classifiers' and the pretraining stage's (training/pretrain.py)."""
+
     vocab_size: int = Field(8000, ge=100)
     min_frequency: int = Field(2, ge=1)
     lowercase: bool = True
@@ -62,6 +64,9 @@ class TextModelParams(_Strict):
     num_heads: int = Field(2, ge=1)
     intermediate_size: int = Field(512, ge=8)
     dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class TextModelParams(EncoderParams):
     pooling: Literal["mean", "cls"] = "mean"
     prior_bias: bool = True  # multi-label: start each label's bias at its training log-odds
     # Fine-tune a pretrained encoder (``python -m training pretrain``): a name in the registry's
