@@ -75,50 +75,31 @@ class ShadowSender:
 
 
 async def _compare(candidate: "ServedModel", mirrored: list[_Mirrored]) -> None:
-    """Validate every request's items, infer those of the same options in one call, count agreement."""
-    from .dataplane import predict, validate_items  # the same path as a client's request
-
+    """Every mirrored request at once: the candidate's batcher merges them into shared model calls
+    (and retries a failing merged call request by request)."""
     candidate.in_flight += 1
     try:
-        groups: dict[str, tuple[dict[str, Any], list[tuple[_Mirrored, list[Any]]]]] = {}
-        for m in mirrored:
-            try:
-                valid = validate_items(candidate, m.items, m.field)
-            except ServiceError as err:
-                _done(candidate, m, err.status)
-                log.warning("shadow call to %s@%s refused an item: %s", candidate.name, candidate.version, err.message)
-                continue
-            opts = candidate.spec.runtime_options(candidate.manifest, m.options)
-            groups.setdefault(repr(sorted(opts.items())), (opts, []))[1].append((m, valid))
-        for opts, group in groups.values():
-            await _infer_group(candidate, opts, group, predict)
+        await asyncio.gather(*(_compare_one(candidate, m) for m in mirrored))
     finally:
         candidate.in_flight -= 1
 
 
-async def _infer_group(candidate: "ServedModel", opts: dict[str, Any], group: list[tuple[_Mirrored, list[Any]]],
-                       predict) -> None:
-    items = [item for _, valid in group for item in valid]
+async def _compare_one(candidate: "ServedModel", m: _Mirrored) -> None:
+    from .dataplane import predict, validate_items  # the same path as a client's request
+
+    status = 500
     try:
-        results = await predict(candidate, items, opts, inline=False)
+        valid = validate_items(candidate, m.items, m.field)
+        # never on the event loop: the primary's requests must not wait behind mirrored work
+        results = await predict(candidate, valid, candidate.spec.runtime_options(candidate.manifest, m.options),
+                                inline=False)
+        status = 200
+        agree = sum(candidate.spec.agrees(p, c) for p, c in zip(m.primary, results))
+        telemetry.record_shadow(m.route.model, candidate, agree, len(results) - agree)
     except ServiceError as err:
+        status = err.status
         log.warning("shadow call to %s@%s failed: %s", candidate.name, candidate.version, err.message)
-        for m, _ in group:
-            _done(candidate, m, err.status)
-        return
     except Exception:
         log.exception("shadow call to %s@%s failed", candidate.name, candidate.version)
-        for m, _ in group:
-            _done(candidate, m, 500)
-        return
-    start = 0
-    for m, valid in group:
-        answers = results[start:start + len(valid)]
-        start += len(valid)
-        agree = sum(candidate.spec.agrees(p, c) for p, c in zip(m.primary, answers))
-        telemetry.record_shadow(m.route.model, candidate, agree, len(answers) - agree)
-        _done(candidate, m, 200)
-
-
-def _done(candidate: "ServedModel", m: _Mirrored, status: int) -> None:
-    telemetry.record_version_request(candidate, "shadow", status, time.perf_counter() - m.at)
+    finally:
+        telemetry.record_version_request(candidate, "shadow", status, time.perf_counter() - m.at)
