@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,7 +63,9 @@ def layer_of(stack: list[str]) -> str:
 
 def profile(pid: int, seconds: float, out: Path) -> Counter:
     """Layer -> GIL-holding samples of the event-loop (main) thread."""
-    subprocess.run([str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(pid), "-d", str(int(seconds)),
+    beside = Path(sys.executable).with_name("py-spy")
+    py_spy = str(beside) if beside.exists() else shutil.which("py-spy") or "py-spy"  # pip --target: on PATH
+    subprocess.run([py_spy, "record", "-p", str(pid), "-d", str(int(seconds)),
                     "-r", "250", "-f", "raw", "-o", str(out), "--nonblocking", "--gil"],
                    check=True, capture_output=True, timeout=seconds + 60)
     layers: Counter = Counter()

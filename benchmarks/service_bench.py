@@ -148,13 +148,16 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.grpc_address = f"127.0.0.1:{grpc_port}"
         self.log = workdir / f"serve-{self.port}.log"
-        bentoml = Path(sys.executable).with_name("bentoml")
+        script = Path(sys.executable).with_name("bentoml")
+        # where packages were installed beside the interpreter (pip --target, as on a lent GPU machine)
+        # there is no console script: run the module instead
+        bentoml = [str(script)] if script.exists() else [sys.executable, "-m", "bentoml"]
         full_env = {**os.environ, "MODEL_REGISTRY": str(registry), "BENTOML_HOME": str(workdir / "home"),
                     "BENTOML_DO_NOT_TRACK": "True", "SERVICE_GRPC_HOST": "127.0.0.1",
                     "SERVICE_GRPC_PORT": str(grpc_port), **env}
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [str(bentoml), "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
+                [*bentoml, "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
                 cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 120) -> None:
@@ -341,8 +344,12 @@ def machine() -> str:
 
 
 def versions() -> str:
-    names = ("bentoml", "onnxruntime", "fastapi", "uvicorn", "uvloop", "httptools", "pydantic")
-    parts = [f"python {platform.python_version()}"]
+    import onnxruntime
+
+    names = ("bentoml", "fastapi", "uvicorn", "uvloop", "httptools", "pydantic")
+    # the imported module, not the dist metadata: onnxruntime-gpu installs under its own name
+    build = "GPU build" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "CPU build"
+    parts = [f"python {platform.python_version()}", f"onnxruntime {onnxruntime.__version__} ({build})"]
     for n in names:
         try:
             parts.append(f"{n} {metadata.version(n)}")

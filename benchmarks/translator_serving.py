@@ -21,6 +21,11 @@ For one translator version (its own test split, in order, one sentence per reque
 Writes its section of ``benchmarks/RESULTS.md`` and ``benchmarks/translator_serving.png``.
 
     .venv/bin/python benchmarks/translator_serving.py --registry exported --model de-en
+
+On a GPU machine without CTranslate2 (its own section of RESULTS.md, fp32 only):
+
+    .venv/bin/python benchmarks/translator_serving.py --provider cuda --variants fp32 --no-ct2 \
+        --section translator_serving_gpu --plot benchmarks/translator_serving_gpu.png
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +54,9 @@ from modelkit.registry import load_version  # noqa: E402
 from modelkit.runtimes import create_runtime  # noqa: E402
 from service_bench import Server, machine, versions, write_results  # noqa: E402
 
-START, END = "<!-- translator_serving:start -->", "<!-- translator_serving:end -->"
+SECTION = "translator_serving"
+START, END = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
+VARIANTS = {"fp32": "float32", "int8": "int8"}  # graph variant -> CTranslate2 compute type
 SHORT_WORDS = 6
 PARITY_SENTENCES = 200
 
@@ -112,10 +120,10 @@ def convert_ctranslate2(version_dir: Path, work: Path) -> Path:
 
 
 class CT2:
-    def __init__(self, path: Path, compute_type: str, threads: int, tokenizer, max_new: int):
+    def __init__(self, path: Path, compute_type: str, threads: int, tokenizer, max_new: int, device: str = "cpu"):
         import ctranslate2
 
-        self.tr = ctranslate2.Translator(str(path), device="cpu", compute_type=compute_type, intra_threads=threads,
+        self.tr = ctranslate2.Translator(str(path), device=device, compute_type=compute_type, intra_threads=threads,
                                          inter_threads=1)
         self.tok, self.max_new = tokenizer, max_new
 
@@ -144,23 +152,25 @@ def raw_round(engines: dict, sentences: list[Sentence], batch: int) -> dict[str,
 
 
 def raw_benchmark(version_dir: Path, manifest, sentences: list[Sentence], args) -> dict:
-    """tokens/s per (engine, variant, batch), best of ``args.rounds``; CTranslate2's agreement with ONNX."""
+    """tokens/s per (engine, variant, batch), best of ``args.rounds``; CTranslate2's agreement with ONNX
+    (CTranslate2 left out entirely with ``--no-ct2``)."""
     max_new = manifest.generation.max_new_tokens
     work = Path(tempfile.mkdtemp(prefix="ct2-"))
-    ct2_path = convert_ctranslate2(version_dir, work)
+    ct2_path = None if args.no_ct2 else convert_ctranslate2(version_dir, work)
     results: dict = {"tokens_s": {}, "agreement": {}}
-    for variant, compute in (("fp32", "float32"), ("int8", "int8")):
-        rt = create_runtime(manifest, version_dir, SessionSettings(provider="cpu", variant=variant,
+    for variant in args.variants:
+        rt = create_runtime(manifest, version_dir, SessionSettings(provider=args.provider, variant=variant,
                                                                    intra_op_threads=args.threads))
         rt.load()
-        ct2 = CT2(ct2_path, compute, args.threads, rt.tokenizer, max_new)
         engines = {
             "batch decoder (request batcher)": lambda c: [out_tokens(h) for h in rt.generate_ids(
                 c, num_beams=1, max_new_tokens=max_new)],
             "continuous engine": lambda c: [out_tokens(h) for h in rt.generate_continuous(
                 c, num_beams=1, max_new_tokens=max_new)],
-            "CTranslate2": ct2,
         }
+        if ct2_path is not None:
+            engines["CTranslate2"] = CT2(ct2_path, VARIANTS[variant], args.threads, rt.tokenizer, max_new,
+                                         device=args.provider)
         for batch, n in ((1, args.batch1_sentences), (32, len(sentences))):
             subset = sentences[:n]
             raw_round(engines, subset[:min(8, n)], batch)  # warm-up
@@ -173,7 +183,7 @@ def raw_benchmark(version_dir: Path, manifest, sentences: list[Sentence], args) 
             for name, tps in best.items():
                 results["tokens_s"][(name, variant, batch)] = tps
             ref = outputs["batch decoder (request batcher)"]
-            for name in ("continuous engine", "CTranslate2"):
+            for name in (n for n in ("continuous engine", "CTranslate2") if n in outputs):
                 results["agreement"][(name, variant, batch)] = float(np.mean([a == b for a, b in
                                                                              zip(outputs[name], ref)]))
             print(f"  raw {variant} batch {batch}: " + ", ".join(f"{k} {v:,.0f} tok/s" for k, v in best.items()),
@@ -295,7 +305,7 @@ def serve_levels(registry: Path, model: str, env: dict[str, str], sentences: lis
 
 
 def beam_parity(registry: Path, model: str, manifest, runtime, sentences: list[Sentence], beams: int, work: Path,
-                duration: float) -> dict:
+                duration: float, provider: str = "cpu") -> dict:
     """Beam answers through the service (16 clients) against the batch decoder and torch generate()."""
     from training.families.translator import TORCH_DIR, load_torch_model, torch_generate
 
@@ -307,7 +317,7 @@ def beam_parity(registry: Path, model: str, manifest, runtime, sentences: list[S
     torch_model = load_torch_model(runtime.version_dir / TORCH_DIR)
     torch_out = [runtime.detokenize(t) for t in torch_generate(torch_model, [s.ids for s in subset], num_beams=beams,
                                                                max_new_tokens=max_new, batch_size=16)]
-    levels = serve_levels(registry, model, {}, subset, [16], duration, work, beams=beams)
+    levels = serve_levels(registry, model, {"SERVICE_PROVIDER": provider}, subset, [16], duration, work, beams=beams)
     answers = levels[0].answers
     seen = sorted(answers)
     return {
@@ -322,11 +332,16 @@ def beam_parity(registry: Path, model: str, manifest, runtime, sentences: list[S
 # ---------------------------------------------------------------- report
 
 
-def plot(path: Path, runs: dict[str, list[Level]], ct2: dict[str, float]) -> None:
-    import matplotlib
+def plot(path: Path, runs: dict[str, list[Level]], ct2: dict[str, float]) -> bool:
+    """tokens/s and p50 against clients; False (with a warning) where matplotlib cannot be imported."""
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as e:  # noqa: BLE001 (optional: the tables are the result)
+        print(f"warning: no plot ({type(e).__name__}: {e})", file=sys.stderr)
+        return False
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for label, levels in runs.items():
@@ -345,35 +360,67 @@ def plot(path: Path, runs: dict[str, list[Level]], ct2: dict[str, float]) -> Non
     a.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def check(ok: bool, ratio: float) -> str:
     return f"{'PASS' if ok else 'FAIL'} ({ratio:.2f}x)"
 
 
-def render(args, manifest, sentences, raw, runs, parity, beam, loads) -> str:
-    at = {lv.clients: lv for lv in runs["continuous fp32"]}
+def gpu_name() -> str | None:
+    """The first GPU's name from nvidia-smi, or None where it is missing or does not answer."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+    return ", ".join(names) if names else None
+
+
+def provider_text(provider: str) -> str:
+    if provider != "cuda":
+        return provider
+    name = gpu_name()
+    return f"cuda ({name})" if name else "cuda (GPU name unknown: nvidia-smi did not answer)"
+
+
+def render(args, manifest, sentences, raw, runs, parity, beam, loads, provider: str | None = None,
+           plot_name: str | None = "translator_serving.png") -> str:
+    variants = list(args.variants)
+    main = "fp32" if "fp32" in variants else variants[0]  # the variant the acceptance and parity lines use
+    ct2_run = not args.no_ct2
+    at = {lv.clients: lv for lv in runs[f"continuous {main}"]}
     one, many = at.get(1), at.get(32)
-    lines = [f"## Translation serving: continuous batching vs CTranslate2 (benchmarks/translator_serving.py)", "",
+    title = "continuous batching vs CTranslate2" if ct2_run else "continuous batching (CTranslate2 not run)"
+    if args.provider != "cpu":
+        title += f", provider {args.provider}"
+    service_threads = max(1, (os.cpu_count() or 1) - 1)  # ServiceSettings.intra_op_threads() with 1 worker
+    ct2_text = f"ctranslate2 {_version('ctranslate2')}" if ct2_run else "CTranslate2 not run (--no-ct2)"
+    lines = [f"## Translation serving: {title} (benchmarks/translator_serving.py)", "",
              f"{manifest.name}/{manifest.version}, {manifest.training.preset} preset, greedy, max_new_tokens "
              f"{manifest.generation.max_new_tokens}, {len(sentences)} test sentences in test-split order "
              f"({sum(s.words <= SHORT_WORDS for s in sentences)} short, <= {SHORT_WORDS} words; mean "
              f"{statistics.mean(len(s.greedy) for s in sentences):.1f} output tokens), {args.threads} thread(s) for "
-             f"every engine (the service's default on this machine: one onnxruntime thread beside the event loop).",
-             "", f"Machine: {machine()}; {versions()}; ctranslate2 {_version('ctranslate2')}.",
+             f"the raw engines; the service at its default, {service_threads} onnxruntime thread(s) beside the event "
+             f"loop (cores - 1).",
+             "", f"Machine: {machine()}; provider {provider or args.provider}; {versions()}; {ct2_text}.",
              f"Load average (1 min) at the start of each phase: {loads} (the load generator and the server share "
              f"the cores). What else ran: {args.note}", ""]
+    engines = ["batch decoder (request batcher)", "continuous engine"] + (["CTranslate2"] if ct2_run else [])
+    cols = [f"{v} b{b}" for v in variants for b in (1, 32)]
     lines += ["### Raw decoders in-process (generated tokens/s, best of "
               f"{args.rounds} interleaved rounds; batch 1 over {args.batch1_sentences} sentences)", "",
-              "| engine | fp32 b1 | fp32 b32 | int8 b1 | int8 b32 | same tokens as the batch decoder (fp32 / int8 b32) |",
-              "|---|---:|---:|---:|---:|---|"]
-    for name in ("batch decoder (request batcher)", "continuous engine", "CTranslate2"):
-        t = raw["tokens_s"]
-        agree = raw["agreement"]
-        same = "-" if name.startswith("batch") else (
-            f"{agree[(name, 'fp32', 32)]:.1%} / {agree[(name, 'int8', 32)]:.1%}")
-        lines.append(f"| {name} | {t[(name, 'fp32', 1)]:,.0f} | {t[(name, 'fp32', 32)]:,.0f} | "
-                     f"{t[(name, 'int8', 1)]:,.0f} | {t[(name, 'int8', 32)]:,.0f} | {same} |")
+              f"| engine | {' | '.join(cols)} | same tokens as the batch decoder ({' / '.join(variants)} b32) |",
+              "|---|" + "---:|" * len(cols) + "---|"]
+    t, agree = raw["tokens_s"], raw["agreement"]
+    for name in engines:
+        same = "-" if name.startswith("batch") else " / ".join(f"{agree[(name, v, 32)]:.1%}" for v in variants)
+        cells = " | ".join(f"{t[(name, v, b)]:,.0f}" for v in variants for b in (1, 32))
+        lines.append(f"| {name} | {cells} | {same} |")
+    if not ct2_run:
+        lines += ["", "CTranslate2 was not run (`--no-ct2`): no CTranslate2 row, and its ratios below are n/a."]
     lines += ["", f"### Through the service (`bentoml serve`, 1 worker, {args.duration:.0f} s per level, one sentence "
               "per request)", "",
               "| decoding | clients | sentences/s | tokens/s | tokens/s (server metric) | p50 ms | p99 ms | short p50 ms "
@@ -387,22 +434,27 @@ def render(args, manifest, sentences, raw, runs, parity, beam, loads) -> str:
     lines += ["", "### Acceptance (issue 15)", ""]
     if one and many:
         rate = many.sentences_s / one.sentences_s
-        lines.append(f"- 32 clients vs 1, sentences/s (continuous fp32): {many.sentences_s:,.1f} vs "
+        lines.append(f"- 32 clients vs 1, sentences/s (continuous {main}): {many.sentences_s:,.1f} vs "
                      f"{one.sentences_s:,.1f}: {check(rate >= 3, rate)} (>= 3x)")
-        for variant in ("fp32", "int8"):
+        for variant in variants:
             lv = {x.clients: x for x in runs[f"continuous {variant}"]}.get(32)
-            ct = raw["tokens_s"][("CTranslate2", variant, 32)]
-            if lv:
-                r = lv.tokens_s / ct
+            if not lv:
+                continue
+            if not ct2_run:
                 lines.append(f"- service tokens/s at 32 clients vs CTranslate2 batch-32 {variant}: {lv.tokens_s:,.0f} "
-                             f"vs {ct:,.0f}: {check(r >= 0.7, r)} (>= 0.7x)")
+                             f"vs n/a: n/a (CTranslate2 not run)")
+                continue
+            ct = raw["tokens_s"][("CTranslate2", variant, 32)]
+            r = lv.tokens_s / ct
+            lines.append(f"- service tokens/s at 32 clients vs CTranslate2 batch-32 {variant}: {lv.tokens_s:,.0f} "
+                         f"vs {ct:,.0f}: {check(r >= 0.7, r)} (>= 0.7x)")
         r = many.p(50, True) / one.p(50, True)
         lines.append(f"- short sentences' p50 at 32 clients vs 1: {many.p(50, True):.1f} vs {one.p(50, True):.1f} ms: "
                      f"{check(r <= 3, r)} (<= 3x)")
-    batcher = {lv.clients: lv for lv in runs.get("request batcher fp32", [])}
+    batcher = {lv.clients: lv for lv in runs.get(f"request batcher {main}", [])}
     for c in (16, 32, 64):
         if c in at and c in batcher:
-            lines.append(f"- {c} clients, continuous vs request batcher (fp32): {at[c].sentences_s:,.1f} vs "
+            lines.append(f"- {c} clients, continuous vs request batcher ({main}): {at[c].sentences_s:,.1f} vs "
                          f"{batcher[c].sentences_s:,.1f} sentences/s; short p50 {at[c].p(50, True):.1f} vs "
                          f"{batcher[c].p(50, True):.1f} ms; p99 {at[c].p(99):.1f} vs {batcher[c].p(99):.1f} ms")
     lines.append(f"- greedy answers under the 32-client load equal to the batch decoder's (first {PARITY_SENTENCES} "
@@ -412,7 +464,8 @@ def render(args, manifest, sentences, raw, runs, parity, beam, loads) -> str:
                      f"{beam['service_vs_batch']:.1%} of {beam['answered']}; vs torch generate(): "
                      f"{beam['service_vs_torch']:.1%}; the batch decoder vs torch today: {beam['batch_vs_torch']:.1%} "
                      f"(manifest torch_match_beam_b16 {beam['manifest_torch_match_beam_b16']})")
-    lines += ["", "![tokens/s and p50 against clients](translator_serving.png)"]
+    if plot_name:
+        lines += ["", f"![tokens/s and p50 against clients]({plot_name})"]
     return "\n".join(lines) + "\n"
 
 
@@ -440,14 +493,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-beam", action="store_true", help="skip the beam parity phase")
     ap.add_argument("--no-baseline", action="store_true", help="skip the request batcher runs")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    ap.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "translator_serving.png")
+    ap.add_argument("--plot", default=str(ROOT / "benchmarks" / "translator_serving.png"),
+                    help="PNG to write ('' for none; skipped with a warning where matplotlib is missing)")
     ap.add_argument("--note", default="nothing else known (say what else ran, if anything)",
                     help="what else ran on the machine during the run, for the results header")
+    ap.add_argument("--provider", default="cpu", choices=["cpu", "cuda"],
+                    help="onnxruntime provider of every session here and of the served runs (SERVICE_PROVIDER)")
+    ap.add_argument("--variants", default="fp32,int8",
+                    help="graph variants of the raw phase and the continuous service runs (comma-separated)")
+    ap.add_argument("--no-ct2", action="store_true", help="skip CTranslate2 (no conversion, no import)")
+    ap.add_argument("--section", default=SECTION,
+                    help="results-section name: markers <!-- SECTION:start --> / <!-- SECTION:end -->")
     args = ap.parse_args(argv)
+    args.variants = list(dict.fromkeys(v.strip() for v in args.variants.split(",") if v.strip()))
+    if not args.variants or set(args.variants) - set(VARIANTS):
+        ap.error(f"--variants: a comma-separated subset of {', '.join(VARIANTS)} (got {args.variants})")
+    main_variant = "fp32" if "fp32" in args.variants else args.variants[0]
+    start, end = f"<!-- {args.section}:start -->", f"<!-- {args.section}:end -->"
+    plot_path = Path(args.plot) if args.plot else None
+    provider = provider_text(args.provider)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     clients = [int(c) for c in args.clients.split(",")]
     manifest, vdir = load_version(args.registry, args.model, args.version)
-    runtime = create_runtime(manifest, vdir, SessionSettings(provider="cpu", variant="fp32",
+    runtime = create_runtime(manifest, vdir, SessionSettings(provider=args.provider, variant="fp32",
                                                              intra_op_threads=args.threads))
     runtime.load()
     sentences = test_sentences(manifest, runtime, args.sentences, args.data_dir)
@@ -459,32 +527,38 @@ def main(argv: list[str] | None = None) -> int:
     loads = []
     work = Path(tempfile.mkdtemp(prefix="translator-serving-"))
     try:
-        print(f"{manifest.name}/{manifest.version}: {len(sentences)} sentences", flush=True)
+        print(f"{manifest.name}/{manifest.version}: {len(sentences)} sentences, provider {provider}, variants "
+              f"{','.join(args.variants)}, CTranslate2 {'not run' if args.no_ct2 else 'on'}", flush=True)
         loads.append(f"raw {os.getloadavg()[0]:.1f}")
         raw = raw_benchmark(vdir, manifest, sentences, args)
         runs: dict[str, list[Level]] = {}
-        for variant in ("fp32", "int8"):
+        for variant in args.variants:
             loads.append(f"service {variant} {os.getloadavg()[0]:.1f}")
-            runs[f"continuous {variant}"] = serve_levels(args.registry, args.model, {"SERVICE_VARIANT": variant},
-                                                         sentences, clients, args.duration, work)
+            runs[f"continuous {variant}"] = serve_levels(
+                args.registry, args.model, {"SERVICE_VARIANT": variant, "SERVICE_PROVIDER": args.provider},
+                sentences, clients, args.duration, work)
         if not args.no_baseline:
             loads.append(f"request batcher {os.getloadavg()[0]:.1f}")
-            runs["request batcher fp32"] = serve_levels(
-                args.registry, args.model, {"SERVICE_VARIANT": "fp32", "SERVICE_DEFAULT_DECODING__MODE": "off"},
+            runs[f"request batcher {main_variant}"] = serve_levels(
+                args.registry, args.model, {"SERVICE_VARIANT": main_variant, "SERVICE_DEFAULT_DECODING__MODE": "off",
+                                            "SERVICE_PROVIDER": args.provider},
                 sentences, clients, args.duration, work)
-        many = {lv.clients: lv for lv in runs["continuous fp32"]}.get(32) or runs["continuous fp32"][-1]
+        primary = runs[f"continuous {main_variant}"]
+        many = {lv.clients: lv for lv in primary}.get(32) or primary[-1]
         seen = [i for i in many.answers if i < PARITY_SENTENCES]
         parity = {"answered": len(seen), "equal": sum(many.answers[i] == sentences[i].greedy_text for i in seen)}
         beam = None
         if not args.no_beam and manifest.generation.num_beams > 1:
             loads.append(f"beam {os.getloadavg()[0]:.1f}")
             beam = beam_parity(args.registry, args.model, manifest, runtime, sentences, manifest.generation.num_beams,
-                               work, args.duration)
-        ct2 = {f"CTranslate2 b32 {v}": raw["tokens_s"][("CTranslate2", v, 32)] for v in ("fp32", "int8")}
-        plot(args.plot, runs, ct2)
-        text = render(args, manifest, sentences, raw, runs, parity, beam, ", ".join(loads))
+                               work, args.duration, provider=args.provider)
+        ct2 = {} if args.no_ct2 else {f"CTranslate2 b32 {v}": raw["tokens_s"][("CTranslate2", v, 32)]
+                                      for v in args.variants}
+        plotted = plot(plot_path, runs, ct2) if plot_path else False
+        text = render(args, manifest, sentences, raw, runs, parity, beam, ", ".join(loads), provider=provider,
+                      plot_name=plot_path.name if plotted else None)
         print(text)
-        write_results(args.results, text, START, END)
+        write_results(args.results, text, start, end)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 log = logging.getLogger(__name__)
 
 ProviderChoice = Literal["auto", "cuda", "cpu"]
+ConvAlgoSearch = Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"]
 
 
 class SessionSettings(BaseModel):
@@ -19,21 +20,30 @@ class SessionSettings(BaseModel):
 
     provider: ``auto`` uses CUDA when onnxruntime offers it, else CPU; ``cuda`` requires it.
     variant: ``fp32``, ``int8`` or ``auto`` (int8 on CPU when the model has one, fp32 on GPU).
+    cuda_conv_algo_search: how the CUDA provider picks a cuDNN convolution algorithm for each new
+    input shape. onnxruntime's default, EXHAUSTIVE, times every algorithm: on an H200 the fashion
+    model's first call at each new batch size took about 10 ms (272 ms the very first) against
+    1.5-2 ms with HEURISTIC, for a steady batch-32 call of 0.72 vs 0.77 ms (benchmarks/RESULTS.md,
+    GPU section). A server's batch sizes vary with its load, so it pays those searches while
+    serving: HEURISTIC is the default here.
     """
 
     provider: ProviderChoice = "auto"
     variant: Literal["auto", "fp32", "int8"] = "fp32"
     intra_op_threads: int = 0  # 0 = onnxruntime default (all cores)
     inter_op_threads: int = 1
+    cuda_conv_algo_search: ConvAlgoSearch = "HEURISTIC"
 
-    def providers(self) -> list[str]:
+    def providers(self) -> list:
+        """onnxruntime's providers list (a CUDA entry carries its options)."""
         import onnxruntime as ort
 
         available = ort.get_available_providers()
         if self.provider == "cpu":
             return ["CPUExecutionProvider"]
         if "CUDAExecutionProvider" in available:
-            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            cuda = ("CUDAExecutionProvider", {"cudnn_conv_algo_search": self.cuda_conv_algo_search})
+            return [cuda, "CPUExecutionProvider"]
         if self.provider == "cuda":
             raise RuntimeError(f"provider=cuda requested but onnxruntime offers only {available}")
         return ["CPUExecutionProvider"]
@@ -41,7 +51,7 @@ class SessionSettings(BaseModel):
     def variant_for(self, manifest) -> str:
         if self.variant != "auto":
             return self.variant
-        on_gpu = self.provider != "cpu" and "CUDAExecutionProvider" in self.providers()
+        on_gpu = self.provider != "cpu" and self.providers()[0] != "CPUExecutionProvider"
         return "int8" if not on_gpu and "int8" in manifest.variants() else "fp32"
 
 

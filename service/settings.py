@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from modelkit.onnx_session import SessionSettings
+from modelkit.onnx_session import ConvAlgoSearch, SessionSettings
 
 CONFIG_FILE_ENV = "SERVICE_CONFIG_FILE"
 
@@ -110,6 +110,10 @@ class ServiceSettings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="BentoML worker processes")
     threads: int = Field(
         0, ge=0, description="onnxruntime intra-op threads per worker; 0 = cores // workers - 1 (at least 1)"
+    )
+    cuda_conv_algo_search: ConvAlgoSearch = Field(
+        "HEURISTIC", description="how the CUDA provider picks cuDNN convolution algorithms per input shape "
+        "(onnxruntime's own default, EXHAUSTIVE, times them all at every new batch size)",
     )
 
     gil_switch_interval_ms: float = Field(
@@ -214,6 +218,7 @@ class ServiceSettings(BaseSettings):
             variant=self.variant,
             intra_op_threads=self.intra_op_threads(),
             inter_op_threads=1,
+            cuda_conv_algo_search=self.cuda_conv_algo_search,
         )
 
     def batch_for(self, name: str) -> BatchSettings:

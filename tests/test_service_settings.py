@@ -15,7 +15,8 @@ from service_support import copy_model, names_by_task, serve, smoke_models  # no
 @pytest.fixture
 def clean_env(monkeypatch):
     for key in ("MODEL_REGISTRY", "SERVICE_CONFIG_FILE", "SERVICE_PINS", "SERVICE_THREADS", "SERVICE_WORKERS",
-                "SERVICE_PROVIDER", "SERVICE_VARIANT", "SERVICE_DEFAULT_BATCH__MAX_WAIT_MS", "SERVICE_MODELS"):
+                "SERVICE_PROVIDER", "SERVICE_VARIANT", "SERVICE_DEFAULT_BATCH__MAX_WAIT_MS", "SERVICE_MODELS",
+                "SERVICE_CUDA_CONV_ALGO_SEARCH"):
         monkeypatch.delenv(key, raising=False)
     return monkeypatch
 
@@ -53,6 +54,28 @@ def test_toml_file_with_environment_taking_precedence(clean_env, tmp_path):
     assert s.provider == "auto"  # environment wins over the file
     assert s.max_items_per_request == 8 and s.pins == {"fashion": "v1"}
     assert s.batch_for("fashion").max_batch_size == 4 and s.batch_for("other").max_batch_size == 32
+
+
+def test_cuda_provider_entry_carries_the_conv_algorithm_search(clean_env):
+    """Where onnxruntime offers CUDA, the session asks for it with the configured cuDNN algorithm search
+    (HEURISTIC unless told otherwise); forced CPU asks for CPU alone."""
+    import onnxruntime
+
+    clean_env.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert ServiceSettings().session_settings().providers() == [
+        ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}), "CPUExecutionProvider"]
+    clean_env.setenv("SERVICE_CUDA_CONV_ALGO_SEARCH", "EXHAUSTIVE")
+    clean_env.setenv("SERVICE_VARIANT", "auto")
+    model = type("Manifest", (), {"variants": lambda self: ["fp32", "int8"]})()
+    on_gpu = ServiceSettings().session_settings()
+    assert on_gpu.providers()[0] == ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "EXHAUSTIVE"})
+    assert on_gpu.variant_for(model) == "fp32"  # auto: int8 only on CPU
+    clean_env.setenv("SERVICE_PROVIDER", "cpu")
+    assert ServiceSettings().session_settings().providers() == ["CPUExecutionProvider"]
+    assert ServiceSettings().session_settings().variant_for(model) == "int8"
+    clean_env.setenv("SERVICE_CUDA_CONV_ALGO_SEARCH", "FASTEST")
+    with pytest.raises(ValueError, match="cuda_conv_algo_search"):
+        ServiceSettings()
 
 
 def test_invalid_setting_is_refused(clean_env):
