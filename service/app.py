@@ -26,7 +26,7 @@ import time
 
 import bentoml
 
-from . import telemetry
+from . import telemetry, traffic
 from .doors import oip_grpc
 from .front import Front
 from .guard import Guard
@@ -40,6 +40,7 @@ log = logging.getLogger("service")
 # spinning threads take CPU from the event loop (about 10% of 32-client throughput on 2 cores).
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SETTINGS = ServiceSettings()
+traffic.install()  # before BentoML builds the worker's app from the service below
 sys.setswitchinterval(SETTINGS.gil_switch_interval_ms / 1000.0)
 document_limits(SETTINGS.max_items_per_request)
 
