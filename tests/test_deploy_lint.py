@@ -136,6 +136,8 @@ def test_deployment_probes_resources_and_security(rendered):
         assert int(container["resources"]["limits"]["nvidia.com/gpu"]) == 1
         assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
         assert env["SERVICE_PROVIDER"] == "cuda"
+        # one worker per CPU of the limit: on a GPU each worker's event loop is the ceiling
+        assert int(env["SERVICE_WORKERS"]) == int(container["resources"]["limits"]["cpu"]) and env["SERVICE_THREADS"] == "1"
     else:
         assert container["image"].endswith(":cpu")
         assert "nvidia.com/gpu" not in container["resources"]["limits"]
