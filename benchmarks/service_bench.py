@@ -264,6 +264,7 @@ def h2load(url: str, body_file: Path, n: int, c: int, timeout_s: float, headers:
     answers: the caller adds the server's own count of them.
     """
     log = body_file.with_suffix(".h2load.tsv")
+    log.unlink(missing_ok=True)  # h2load appends to its log: rows of an earlier run would count in this one
     count = ["-D", f"{duration_s:g}"] if duration_s else ["-n", str(n)]
     cmd = ["h2load", *count, "-c", str(c), "-m", "1", "-t", "1", "-d", str(body_file),
            "--log-file", str(log), *(a for k, v in (headers or {}).items() for a in ("-H", f"{k}: {v}")), url]

@@ -102,6 +102,28 @@ def test_grpc_errors_inside_http_200_are_counted(smoke_models, tmp_path):  # noq
         server.stop()
 
 
+def test_h2load_runs_count_only_their_own_requests(tmp_path, monkeypatch):
+    """h2load appends to its --log-file: a run must not count the rows an earlier run (the warm-up) left there."""
+    bench = _bench()
+    calls = []
+
+    def fake_run(cmd, **kwargs):  # writes its rows the way h2load does: appended, start/status/duration in us
+        n = int(cmd[cmd.index("-n") + 1])
+        log = Path(cmd[cmd.index("--log-file") + 1])
+        with log.open("a") as f:
+            for i in range(n):
+                f.write(f"{1_000_000 * len(calls) + 1000 * i}\t200\t{500 if not calls else 2000}\n")
+        calls.append(n)
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    body = tmp_path / "g.body"
+    body.write_bytes(b"x")
+    warm = bench.h2load("http://127.0.0.1:1/x", body, 200, 8, 10)
+    one = bench.h2load("http://127.0.0.1:1/x", body, 50, 1, 10)
+    assert (warm.ok, warm.requests) == (200, 200)
+    assert (one.ok, one.requests, one.errors) == (50, 50, 0) and one.p50_ms == one.p99_ms == 2.0, one
+
+
 def test_oip_clients_bench_drives_both_doors_through_tritonclient(smoke_models, tmp_path):  # noqa: F811
     module = _bench("oip_clients_bench")
     by_task = names_by_task(smoke_models)
