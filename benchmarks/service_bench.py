@@ -53,6 +53,7 @@ from modelkit.onnx_session import SessionSettings  # noqa: E402
 from modelkit.readiness import wait_until_ready  # noqa: E402
 from modelkit.registry import load_version  # noqa: E402
 from modelkit.runtimes import create_runtime  # noqa: E402
+from service.settings import ServiceSettings  # noqa: E402
 
 SECTION_START = "<!-- service_bench:start -->"
 SECTION_END = "<!-- service_bench:end -->"
@@ -397,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also measure BentoML's adaptive batching (benchmarks/service_adaptive_baseline.py)")
     args = ap.parse_args(argv)
 
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers - 1)  # the service's default
+    threads = args.threads or ServiceSettings(workers=args.workers, threads=0).intra_op_threads()  # its default
     settings = SessionSettings(provider=args.provider, variant="fp32", intra_op_threads=threads)
     env = {"SERVICE_THREADS": str(threads), "SERVICE_WORKERS": str(args.workers), "SERVICE_PROVIDER": args.provider,
            "SERVICE_VARIANT": "fp32", "SERVICE_DEFAULT_BATCH__MAX_BATCH_SIZE": str(args.max_batch),

@@ -54,6 +54,8 @@ from modelkit.registry import load_version  # noqa: E402
 from modelkit.runtimes import create_runtime  # noqa: E402
 from service_bench import Server, machine, versions, write_results  # noqa: E402
 
+from service.settings import ServiceSettings  # noqa: E402
+
 SECTION = "translator_serving"
 START, END = f"<!-- {SECTION}:start -->", f"<!-- {SECTION}:end -->"
 VARIANTS = {"fp32": "float32", "int8": "int8"}  # graph variant -> CTranslate2 compute type
@@ -396,7 +398,7 @@ def render(args, manifest, sentences, raw, runs, parity, beam, loads, provider: 
     title = "continuous batching vs CTranslate2" if ct2_run else "continuous batching (CTranslate2 not run)"
     if args.provider != "cpu":
         title += f", provider {args.provider}"
-    service_threads = max(1, (os.cpu_count() or 1) - 1)  # ServiceSettings.intra_op_threads() with 1 worker
+    service_threads = ServiceSettings(workers=1, threads=0).intra_op_threads()  # what the served process uses
     ct2_text = f"ctranslate2 {_version('ctranslate2')}" if ct2_run else "CTranslate2 not run (--no-ct2)"
     lines = [f"## Translation serving: {title} (benchmarks/translator_serving.py)", "",
              f"{manifest.name}/{manifest.version}, {manifest.training.preset} preset, greedy, max_new_tokens "

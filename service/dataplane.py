@@ -79,6 +79,29 @@ async def predict(model: ServedModel, items: list[Any], options: dict[str, Any],
                            "log)", field=None) from None
 
 
+class VersionRequest:
+    """One request's hold on the version that answers it: its in-flight count (a replaced version is
+    freed only once it is back to zero) and its request metrics, with ``status`` as the outcome:
+    the one given unless the code inside sets another or raises a ServiceError (its status)."""
+
+    __slots__ = ("route", "status", "_t0")
+
+    def __init__(self, route: Route, status: int):
+        self.route, self.status = route, status
+
+    def __enter__(self) -> VersionRequest:
+        self.route.model.in_flight += 1
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if isinstance(exc, ServiceError):
+            self.status = exc.status
+        model = self.route.model
+        model.in_flight -= 1
+        telemetry.record_version_request(model, self.route.via, self.status, time.perf_counter() - self._t0)
+
+
 async def infer(worker: Worker, route: Route, items: Sequence[Any], given: Mapping[str, Any], *,
                 field: str, inline: bool = True) -> tuple[list[dict], dict[str, Any]]:
     """Results for ``items`` (named ``field`` in errors) with options ``given``; returns (results, options).
@@ -88,21 +111,11 @@ async def infer(worker: Worker, route: Route, items: Sequence[Any], given: Mappi
     """
     model = route.model
     auth.check_model(model.name)  # a key limited to some models (service/auth.py)
-    model.in_flight += 1
-    t0 = time.perf_counter()
-    status = 500
-    try:
+    with VersionRequest(route, 500) as request:
         worker.check_count(len(items), field)
-        spec = model.spec
-        options = spec.resolve_options(model.manifest, given)
+        options = model.spec.resolve_options(model.manifest, given)
         results = await _validated_predict(model, items, options, field, inline)
-        status = 200
-    except ServiceError as err:
-        status = err.status
-        raise
-    finally:
-        model.in_flight -= 1
-        telemetry.record_version_request(model, route.via, status, time.perf_counter() - t0)
+        request.status = 200
     if route.shadow is not None:
         worker.shadow.mirror(route, list(items), options, results, field)
     return results, options

@@ -15,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from . import dataplane, telemetry
+from . import dataplane
 from .errors import ServiceError
 from .worker import Route, Worker
 
@@ -74,23 +73,15 @@ async def _whole(model, items: list[Any], options: dict[str, Any]) -> AsyncItera
 
 async def _accounted(route: Route, events: AsyncIterator[Event], cancel: Callable[[], None]) -> AsyncIterator[Event]:
     """The version's in-flight count and request metrics around a stream (a replaced version waits for it)."""
-    model = route.model
-    model.in_flight += 1
-    t0 = time.perf_counter()
-    status = CLIENT_CLOSED
-    try:
-        async for event in events:
-            yield event
-            if event[0] == "done":
-                status = 200
-    except ServiceError as err:
-        status = err.status
-        raise
-    finally:
-        model.in_flight -= 1
-        await _close(events)
-        cancel()  # a stream closed before its end (also one never iterated) leaves the batch
-        telemetry.record_version_request(model, route.via, status, time.perf_counter() - t0)
+    with dataplane.VersionRequest(route, CLIENT_CLOSED) as request:
+        try:
+            async for event in events:
+                yield event
+                if event[0] == "done":
+                    request.status = 200
+        finally:
+            await _close(events)
+            cancel()  # a stream closed before its end (also one never iterated) leaves the batch
 
 
 async def _close(events: AsyncIterator[Event]) -> None:

@@ -21,6 +21,17 @@ ROOT = Path(__file__).resolve().parents[1]
 BENTOML = Path(sys.executable).with_name("bentoml")
 
 
+def benchmark_module(name: str):
+    """A script of benchmarks/ imported as a module (registered in sys.modules: its dataclasses look it up)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -6,26 +6,14 @@ generators' output, not speed (the numbers live in benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-from service_support import names_by_task, smoke_models  # noqa: F401  (fixture)
+from service_support import benchmark_module, names_by_task, smoke_models  # noqa: F401  (fixture)
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench(name: str = "service_bench"):
-    """A script of benchmarks/ imported as a module."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def _rows(text: str) -> dict[str, list[str]]:
@@ -43,7 +31,7 @@ def test_service_bench_measures_raw_and_service_with_zero_errors(smoke_models, t
     models = [by_task["text-classification"], by_task["image-classification"]]
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\nkept text\n")
-    rc = _bench().main(["--registry", str(smoke_models), "--models", ",".join(models), "--client", client,
+    rc = benchmark_module("service_bench").main(["--registry", str(smoke_models), "--models", ",".join(models), "--client", client,
                         "--requests-1", "40", "--requests-32", "320", "--raw-iters", "20", "--multi-items", "4",
                         "--timeout", "120", "--results", str(results)])
     assert rc == 0
@@ -74,7 +62,7 @@ def test_wrk_counts_non_200_answers_as_errors(smoke_models, tmp_path):  # noqa: 
     """A request the service refuses (unknown model: 404) is an error in the wrk runner's count."""
     from service_support import serve
 
-    bench = _bench()
+    bench = benchmark_module("service_bench")
     body = tmp_path / "body.json"
     body.write_text(json.dumps({"model": "no-such-model", "texts": ["hello"]}))
     with serve(smoke_models, tmp_path) as server:
@@ -84,7 +72,7 @@ def test_wrk_counts_non_200_answers_as_errors(smoke_models, tmp_path):  # noqa: 
 
 def test_grpc_errors_inside_http_200_are_counted(smoke_models, tmp_path):  # noqa: F811
     """h2load sees HTTP 200 for a gRPC NOT_FOUND; the server's own count makes it an error."""
-    bench = _bench()
+    bench = benchmark_module("service_bench")
     name = names_by_task(smoke_models)["text-classification"]
     server = bench.Server(smoke_models, {}, tmp_path)
     try:
@@ -104,7 +92,7 @@ def test_grpc_errors_inside_http_200_are_counted(smoke_models, tmp_path):  # noq
 
 def test_h2load_runs_count_only_their_own_requests(tmp_path, monkeypatch):
     """h2load appends to its --log-file: a run must not count the rows an earlier run (the warm-up) left there."""
-    bench = _bench()
+    bench = benchmark_module("service_bench")
     calls = []
 
     def fake_run(cmd, **kwargs):  # writes its rows the way h2load does: appended, start/status/duration in us
@@ -125,7 +113,7 @@ def test_h2load_runs_count_only_their_own_requests(tmp_path, monkeypatch):
 
 
 def test_oip_clients_bench_drives_both_doors_through_tritonclient(smoke_models, tmp_path):  # noqa: F811
-    module = _bench("oip_clients_bench")
+    module = benchmark_module("oip_clients_bench")
     by_task = names_by_task(smoke_models)
     models = [by_task["text-classification"], by_task["image-classification"]]
     results = tmp_path / "RESULTS.md"
@@ -141,7 +129,7 @@ def test_oip_clients_bench_drives_both_doors_through_tritonclient(smoke_models, 
 
 
 def test_lifecycle_bench_promotes_and_rolls_back_under_load(smoke_models, tmp_path):
-    module = _bench("lifecycle_bench")
+    module = benchmark_module("lifecycle_bench")
     name = names_by_task(smoke_models)["text-classification"]
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n")
@@ -155,7 +143,7 @@ def test_lifecycle_bench_promotes_and_rolls_back_under_load(smoke_models, tmp_pa
 
 
 def test_shadow_bench_runs_with_and_without_a_shadow(smoke_models, tmp_path):
-    module = _bench("shadow_bench")
+    module = benchmark_module("shadow_bench")
     name = names_by_task(smoke_models)["text-classification"]
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n")
@@ -176,7 +164,7 @@ def test_request_profile_attributes_the_worker_cpu_per_request(smoke_models, tmp
     by_task = names_by_task(smoke_models)
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n")
-    rc = _bench("request_profile").main(["--registry", str(smoke_models), "--model", by_task["text-classification"],
+    rc = benchmark_module("request_profile").main(["--registry", str(smoke_models), "--model", by_task["text-classification"],
                                          "--door", door, "--seconds", "3", "--results", str(results)])
     assert rc == 0
     text = results.read_text()

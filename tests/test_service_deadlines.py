@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import importlib.util
 import json
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ from service.batcher import Batcher, Overloaded
 from service.deadlines import Deadline, DeadlineExceeded, Deadlines
 from service.errors import ServiceError
 from service.settings import BatchSettings, DeadlineSettings
-from service_support import ROOT, names_by_task, serve, smoke_models  # noqa: F401 (fixture)
+from service_support import benchmark_module, names_by_task, serve, smoke_models  # noqa: F401 (fixture)
 
 
 class SlowModel:
@@ -137,14 +135,6 @@ def _deadline_rules():
 # ---- the real service -------------------------------------------------------------------------------
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("overload_bench", ROOT / "benchmarks" / "overload_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def names(smoke_models: Path) -> dict[str, str]:
     return names_by_task(smoke_models)
@@ -188,7 +178,7 @@ def test_overload_is_answered_at_once_with_retry_after_and_accepted_requests_mee
     translator on an idle machine), deadline 1 s, waiting what Retry-After says when refused: the
     service refuses most at once (99% within 100 ms by its own histogram) with Retry-After, the
     accepted ones finish within their deadline, nobody waits for the client's timeout."""
-    bench = _bench()
+    bench = benchmark_module("overload_bench")
     body = bench.translate_body(names["translation"])
     assert httpx.post(f"{server.url}/translate", json=body, timeout=60).status_code == 200  # its cost is measured
     result, probed = bench.with_probe(server.url, body, {"X-Request-Timeout": "1"}, 6, lambda: asyncio.run(bench.drive(
@@ -216,7 +206,7 @@ def test_overload_is_answered_at_once_with_retry_after_and_accepted_requests_mee
 
 def test_overload_through_grpc_is_unavailable_with_a_retry_after_trailer(server, names):
     """The same flood through the gRPC door, deadline 1 s from the call: UNAVAILABLE + retry-after."""
-    bench = _bench()
+    bench = benchmark_module("overload_bench")
     result = asyncio.run(bench.drive_grpc(server.grpc_address, names["translation"], clients=16, seconds=4,
                                           deadline_s=1.0))
     codes = {}

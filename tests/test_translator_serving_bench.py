@@ -6,27 +6,16 @@ Tiny durations: this checks the script, not speed (the figures live in benchmark
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 from decoding_support import step_registry  # noqa: F401 (fixture)
-from service_support import smoke_models  # noqa: F401 (fixture)
+from service_support import benchmark_module, smoke_models  # noqa: F401 (fixture)
 
-ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("torch", reason="training extras not installed")
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("translator_serving", ROOT / "benchmarks" / "translator_serving.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_translator_serving_bench_end_to_end(step_registry, tmp_path):  # noqa: F811
@@ -34,7 +23,7 @@ def test_translator_serving_bench_end_to_end(step_registry, tmp_path):  # noqa: 
     results, png = tmp_path / "RESULTS.md", tmp_path / "plot.png"
     results.write_text("# Benchmark results\n\nkept text\n")
     data_dir = Path(os.environ.get("SMOKE_DATA_DIR", tmp_path / "data"))
-    rc = _bench().main(["--registry", str(step_registry), "--model", "de-en", "--data-dir", str(data_dir),
+    rc = benchmark_module("translator_serving").main(["--registry", str(step_registry), "--model", "de-en", "--data-dir", str(data_dir),
                         "--sentences", "12", "--batch1-sentences", "3", "--clients", "1,4", "--duration", "1.5",
                         "--rounds", "1", "--results", str(results), "--plot", str(png)])
     assert rc == 0
@@ -56,7 +45,7 @@ def test_render_without_ctranslate2_and_own_section(tmp_path):
     """--no-ct2 --variants fp32: no CTranslate2 row, its ratios n/a; --section writes its own markers."""
     from types import SimpleNamespace
 
-    bench = _bench()
+    bench = benchmark_module("translator_serving")
     args = SimpleNamespace(variants=["fp32"], no_ct2=True, provider="cuda", threads=1, rounds=1, batch1_sentences=2,
                            duration=1.0, note="test")
     manifest = SimpleNamespace(name="de-en", version="v1", training=SimpleNamespace(preset="smoke"),
