@@ -74,7 +74,7 @@ def decode_image(data: bytes, prep: ImagePreprocessing) -> Image.Image:
     check_pixels(width, height, prep)
     try:
         img.load()
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of an image that needs no turn
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise InputError(f"image data is corrupt or truncated: {e}", field=FIELD, status=422) from None
     return to_channels(img, prep.channels)

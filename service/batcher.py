@@ -181,6 +181,7 @@ class Batcher:
             return await job.future
         finally:
             self._traffic.parked -= 1
+            self._watched.discard(job)  # the sweeper then only walks requests still waiting
 
     def _watch(self, job: _Job) -> None:
         """Answer ``job`` 504 when its deadline passes, queued or in a running call (the batcher skips a

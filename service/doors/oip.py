@@ -20,7 +20,7 @@ from .. import dataplane, deadlines
 from ..errors import ServiceError
 from ..models import ServedModel
 from ..worker import Route, Worker
-from .oip_codec import DTYPES, InferRequest, RequestedOutput, classification_strings
+from .oip_codec import DATATYPES, InferRequest, RequestedOutput, classification_strings
 
 SERVER_NAME = "modelserve"
 EXTENSIONS = ["binary_tensor_data", "classification"]
@@ -75,7 +75,7 @@ def items_from(model: ServedModel, inputs: Mapping[str, np.ndarray]) -> tuple[li
 
 
 def _datatype(arr: np.ndarray) -> str:
-    return next(name for name, dt in DTYPES.items() if dt == arr.dtype)
+    return DATATYPES[arr.dtype]
 
 
 def options_from(model: ServedModel, parameters: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,6 @@ Every malformed tensor is a ``ServiceError`` naming the tensor and what was expe
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from collections.abc import Mapping, Sequence
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 import pydantic_core
 
 from ..errors import ServiceError
@@ -26,6 +26,7 @@ DTYPES: dict[str, np.dtype] = {
     "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
     "BYTES": np.dtype(object),
 }
+DATATYPES: dict[np.dtype, str] = {dt: name for name, dt in DTYPES.items()}  # numpy dtype -> OIP datatype
 _LEN = struct.Struct("<I")
 JSON_MAX_DEPTH = 200  # pydantic-core's (jiter's) fixed recursion limit, for both HTTP doors' JSON bodies
 
@@ -270,7 +271,7 @@ def encode_rest_response(header: Mapping[str, Any], outputs: Sequence[tuple[str,
         else:
             entry["data"] = to_json_data(arr, datatype)
         tensors.append(entry)
-    head = json.dumps({**header, "outputs": tensors}, separators=(",", ":")).encode("utf-8")
+    head = orjson.dumps({**header, "outputs": tensors})
     if not blobs:
         return head, None
     return b"".join([head, *blobs]), len(head)
