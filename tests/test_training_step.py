@@ -15,10 +15,11 @@ from training.families.text_classifier import MODELS, TextClassifierConfig
 from training.trainer import seed_everything, train
 
 
-def _prepared(name, data_path, tmp_path, **train):
+def _prepared(name, data_path, tmp_path, model=None, **train):
     fam = MODELS[name]
     raw = fam.presets()["smoke"]
     raw["data"] = {**raw.get("data", {}), "path": str(data_path)}
+    raw["model"] = {**raw["model"], **(model or {})}
     raw["train"] = {**raw["train"], **train}
     cfg = validate_config(name, TextClassifierConfig, raw)
     splits = fam.prepare_data(cfg, tmp_path)
@@ -65,8 +66,25 @@ def test_trainer_learns_the_tiny_task(tiny_text_data, tmp_path):
     assert result.best_metric > 0.8  # word cues make this easy; chance is ~0.33
 
 
-def test_export_parity_both_exporters_and_int8(tiny_text_data, tmp_path):
-    fam, cfg, splits, model = _prepared("topics", tiny_text_data["multi"], tmp_path)
+def test_ngram_bag_reads_real_tokens_only(tiny_text_data, tmp_path):
+    fam, cfg, splits, model = _prepared("sentiment", tiny_text_data["single"], tmp_path,
+                                        model={"ngram_buckets": 1024, "ngram_dim": 16})
+    bag = model.ngrams.eval()
+    ids = torch.tensor([[2, 40, 41, 42, 3]])
+    padded = torch.tensor([[2, 40, 41, 42, 3, 0, 0, 0]])  # pad id 0, masked out (no bigram across the end)
+    with torch.no_grad():
+        a = bag(ids, torch.ones_like(ids))
+        b = bag(padded, (padded != 0).long())
+        swapped = bag(torch.tensor([[2, 41, 40, 42, 3]]), torch.ones_like(ids))  # same tokens, other bigrams
+    assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.allclose(a, swapped, atol=1e-4)
+    assert model.head.in_features == cfg.model.hidden_size + 16
+
+
+@pytest.mark.parametrize("ngram_buckets", [0, 512])
+def test_export_parity_both_exporters_and_int8(ngram_buckets, tiny_text_data, tmp_path):
+    fam, cfg, splits, model = _prepared("topics", tiny_text_data["multi"], tmp_path,
+                                        model={"ngram_buckets": ngram_buckets})
     model.eval()
     graphs = fam.export_graphs(model, cfg, splits)
     staging = tmp_path / "stage"
