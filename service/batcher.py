@@ -8,7 +8,9 @@ Policy: one model call at a time per model, in its own thread (onnxruntime relea
 the GIL). A batch leaves when it is full, when ``max_wait_ms`` has passed since its
 oldest item arrived, or at once when no other request is on its way to the server's
 handlers (waiting could not fill it). Items that arrive while a call runs form the next
-batch, so under load batches grow by themselves. A tiny, fast call with nothing else queued
+batch, so under load batches grow by themselves; that next batch goes to the model thread as soon
+as the call ends, before the event loop hands out the answers of the one that ended (the model
+does not idle while the loop writes responses). A tiny, fast call with nothing else queued
 or arriving runs on the event loop itself (``inline_max_ms``). If a merged call fails, every request
 in it is retried alone, so a failure reaches only the request that caused it.
 
@@ -104,6 +106,7 @@ class Batcher:
         self._pending: deque[_Job] = deque()
         self._queued_items = 0
         self._busy = False  # a model call (or its bookkeeping) is running
+        self._next: tuple[list[_Job], asyncio.Future] | None = None  # a call started before the last one's answers
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._watched: set[_Job] = set()  # jobs with a deadline, not answered yet
@@ -208,6 +211,18 @@ class Batcher:
     async def _run_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if self._next is not None:  # started while the previous call's answers were handed out
+                live, call = self._next
+                self._next = None
+                self._busy = True
+                try:
+                    await self._finish(live, call)
+                except Exception:
+                    log.exception("%s: batch bookkeeping failed", self.name)
+                    self._fail(live)
+                finally:
+                    self._busy = False
+                continue
             if not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
@@ -232,11 +247,14 @@ class Batcher:
                 await self._run_jobs(jobs)
             except Exception:  # never let the loop die: every job must get an answer
                 log.exception("%s: batch bookkeeping failed", self.name)
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(RuntimeError(f"{self.name}: internal batching error"))
+                self._fail(jobs)
             finally:
                 self._busy = False
+
+    def _fail(self, jobs: list[_Job]) -> None:
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(RuntimeError(f"{self.name}: internal batching error"))
 
     def _items_with_key(self, key: tuple) -> int:
         return sum(len(j.items) for j in self._pending if j.key == key)
@@ -259,8 +277,8 @@ class Batcher:
         self._queued_s = max(0.0, self._queued_s - sum(j.estimate_s for j in taken)) if self._pending else 0.0
         return taken
 
-    async def _run_jobs(self, jobs: list[_Job]) -> None:
-        loop = asyncio.get_running_loop()
+    def _live(self, jobs: list[_Job]) -> list[_Job]:
+        """The jobs still worth running: a request that cannot finish before its deadline is answered now."""
         now = time.monotonic()
         for job in jobs:  # a request that cannot finish before its deadline needs no inference
             if job.deadline is None or job.future.done():
@@ -271,34 +289,83 @@ class Batcher:
                 # the model slowed down since it was admitted: answer now and give its time to the others
                 job.future.set_exception(DeadlineExceeded(
                     f"{self.name}: the request's deadline will pass before its items are through the model"))
-        live = [j for j in jobs if not j.future.done()]  # a cancelled or expired request needs no inference
-        if not live:
-            return
+        return [j for j in jobs if not j.future.done()]  # a cancelled or expired request needs no inference
+
+    def _start(self, live: list[_Job]) -> asyncio.Future:
+        """``live``'s items to the model thread; the future of their results."""
+        loop = asyncio.get_running_loop()
         items = [it for j in live for it in j.items]
         waits = [loop.time() - j.enqueued_at for j in live]
-        key = live[0].key
-        self._busy_until = now + sum(j.estimate_s for j in live)
+        self._busy_until = time.monotonic() + sum(j.estimate_s for j in live)
+        return loop.run_in_executor(self._executor, self._call, items, live[0].options, waits, live[0].key)
+
+    async def _run_jobs(self, jobs: list[_Job]) -> None:
+        live = self._live(jobs)
+        if not live:
+            return
+        n_items = sum(len(j.items) for j in live)
+        if self._inline_ok(n_items) and all(j.inline for j in live):
+            loop = asyncio.get_running_loop()
+            self._busy_until = time.monotonic() + sum(j.estimate_s for j in live)
+            try:
+                results = self._call([it for j in live for it in j.items], live[0].options,
+                                     [loop.time() - j.enqueued_at for j in live], live[0].key)
+            except Exception as exc:
+                self._busy_until = 0.0
+                await self._failed(live, exc)
+                return
+            self._busy_until = 0.0
+            self._answer(live, results)
+            return
+        await self._finish(live, self._start(live))
+
+    async def _finish(self, live: list[_Job], call: asyncio.Future) -> None:
+        """Wait for ``call`` (``live``'s model call), start the next batch, then hand out the answers."""
         try:
-            if self._inline_ok(len(items)) and all(j.inline for j in live):
-                results = self._call(items, live[0].options, waits, key)
-            else:
-                results = await loop.run_in_executor(self._executor, self._call, items, live[0].options, waits, key)
+            results = await call
         except Exception as exc:
             self._busy_until = 0.0
-            if len(live) == 1:
-                live[0].future.set_exception(exc)
-                return
-            log.warning("%s: merged batch of %d requests failed (%s); retrying each alone", self.name, len(live), exc)
-            for job in live:
-                await self._run_jobs([job])
+            await self._failed(live, exc)
             return
         self._busy_until = 0.0
+        self._start_next()
+        self._answer(live, results)
+
+    def _start_next(self) -> None:
+        """Under load the next batch is already queued when a call ends: start it now, before this call's
+        answers are handed out (writing them keeps the event loop busy for about as long as the model
+        call). Only a batch the usual rule would take at once: full, waited long enough, or nothing
+        else on its way."""
+        if not self._pending or self._next is not None:
+            return
+        first = self._pending[0]
+        loop = asyncio.get_running_loop()
+        ready = (self._items_with_key(first.key) >= self.max_batch_size
+                 or loop.time() - first.enqueued_at >= self.max_wait_s
+                 or self._traffic.arriving() <= 0)
+        if not ready:
+            return
+        live = self._live(self._take(first.key))
+        if live:
+            self._next = (live, self._start(live))
+
+    def _answer(self, live: list[_Job], results: list[dict]) -> None:
         start = 0
         for job in live:
             part = results[start : start + len(job.items)]
             start += len(job.items)
             if not job.future.done():
                 job.future.set_result(part)
+
+    async def _failed(self, live: list[_Job], exc: Exception) -> None:
+        """A merged call failed: every request in it is retried alone, so only its cause gets the error."""
+        if len(live) == 1:
+            if not live[0].future.done():
+                live[0].future.set_exception(exc)
+            return
+        log.warning("%s: merged batch of %d requests failed (%s); retrying each alone", self.name, len(live), exc)
+        for job in live:
+            await self._run_jobs([job])
 
     def _inline_ok(self, n_items: int) -> bool:
         """Run on the event loop itself: a small, fast call while nothing else is queued or arriving.
@@ -341,7 +408,7 @@ class Batcher:
     @property
     def idle(self) -> bool:
         """Nothing queued and no model call running."""
-        return not self._pending and not self._busy
+        return not self._pending and not self._busy and self._next is None
 
     async def close(self) -> None:
         if self._task is not None:

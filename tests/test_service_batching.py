@@ -72,6 +72,43 @@ def test_no_wait_when_nobody_else_is_arriving():
     assert _run(main()) < 0.5  # did not sit out the 1 s max wait
 
 
+def test_next_batch_goes_to_the_model_before_the_last_answers_are_handed_out():
+    """Under load the queued batch starts as soon as a call ends, not after the event loop has written the
+    answers of the call that ended (the model thread would idle meanwhile)."""
+    events: list[str] = []
+    release = threading.Event()
+
+    class Recording(ThreadPoolExecutor):
+        def submit(self, fn, *args, **kwargs):  # loop.run_in_executor -> submit(self._call, items, ...)
+            events.append(f"model call {args[0][0]}")
+            return super().submit(fn, *args, **kwargs)
+
+    def predict(items, options, waits):
+        if items[0] == "first":
+            release.wait(5)
+        return [{"echo": it} for it in items]
+
+    batcher = Batcher("m", predict, BatchSettings(max_batch_size=8, max_wait_ms=1), Traffic())
+    batcher._executor = Recording(max_workers=1)
+
+    async def client(item):
+        await batcher.submit([item])
+        events.append(f"answered {item}")
+
+    async def main():
+        first = asyncio.create_task(client("first"))
+        await asyncio.sleep(0.05)  # "first" is in the model call, blocked
+        queued = [asyncio.create_task(client(f"next{i}")) for i in range(3)]
+        await asyncio.sleep(0.05)  # these wait for the model
+        release.set()
+        await asyncio.gather(first, *queued)
+
+    _run(main())
+    assert events.index("model call next0") < events.index("answered first"), events
+    assert sorted(e for e in events if e.startswith("answered")) == ["answered first"] + [
+        f"answered next{i}" for i in range(3)]
+
+
 def test_failure_in_merged_batch_reaches_only_its_request():
     rec = Recorder(delay=0.01)
     traffic = Traffic()
