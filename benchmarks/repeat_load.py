@@ -12,7 +12,6 @@ commits: run it in each checkout, interleaved, and compare the spreads, not sing
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -23,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from service_bench import Server, _get, door_request, sample_item  # noqa: E402
+from service_bench import _get, one_model_door  # noqa: E402
 
 from modelkit.registry import load_version  # noqa: E402
 
@@ -47,28 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     manifest, _ = load_version(args.registry, args.model)
-    item, body = sample_item(manifest.task)
     print(f"{args.model} {manifest.version}, {args.door} door, 32 clients, {args.requests:,} requests per run, "
           f"{time.strftime('%Y-%m-%d %H:%M %Z')}, load average {os.getloadavg()[0]:.1f}")
     print("| run | items/s | p50 ms | p99 ms | errors | server CPU ms/item | mean batch |\n|---:|---:|---:|---:|---:|---:|---:|")
-    with tempfile.TemporaryDirectory(prefix="repeat-load-") as tmp:
-        server = Server(args.registry, {"SERVICE_MODELS": json.dumps([args.model])}, Path(tmp))
-        try:
-            server.wait_ready()
-            req = door_request(args.door, server, args.model, manifest.task, item, body | {"model": args.model}, "wrk")
-            body_file = Path(tmp) / "body"
-            body_file.write_bytes(req.body)
-            req.run(req.url, body_file, 1000, 8, 60, req.headers)  # warm-up
-            for run in range(1, args.runs + 1):
-                before, cpu0 = counters(server.url), server.cpu_seconds()
-                load = req.run(req.url, body_file, args.requests, 32, 240, req.headers)
-                after, cpu1 = counters(server.url), server.cpu_seconds()
-                items = after[COUNTERS[0]] - before[COUNTERS[0]]
-                batches = after[COUNTERS[1]] - before[COUNTERS[1]]
-                print(f"| {run} | {load.items_s:,.0f} | {load.p50_ms:.1f} | {load.p99_ms:.1f} | {load.errors} | "
-                      f"{1000 * (cpu1 - cpu0) / max(load.ok, 1):.3f} | {items / max(batches, 1):.1f} |", flush=True)
-        finally:
-            server.stop()
+    with tempfile.TemporaryDirectory(prefix="repeat-load-") as tmp, \
+            one_model_door(args.registry, args.model, args.door, Path(tmp), warmup=1000) as (server, req, body_file):
+        for run in range(1, args.runs + 1):
+            before, cpu0 = counters(server.url), server.cpu_seconds()
+            load = req.run(req.url, body_file, args.requests, 32, 240, req.headers)
+            after, cpu1 = counters(server.url), server.cpu_seconds()
+            items = after[COUNTERS[0]] - before[COUNTERS[0]]
+            batches = after[COUNTERS[1]] - before[COUNTERS[1]]
+            print(f"| {run} | {load.items_s:,.0f} | {load.p50_ms:.1f} | {load.p99_ms:.1f} | {load.errors} | "
+                  f"{1000 * (cpu1 - cpu0) / max(load.ok, 1):.3f} | {items / max(batches, 1):.1f} |", flush=True)
     return 0
 
 

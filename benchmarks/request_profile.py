@@ -16,7 +16,6 @@ Needs py-spy (dev extra). Prints a table and replaces its own section of benchma
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from service_bench import Server, door_request, machine, sample_item, versions, write_results  # noqa: E402
+from service_bench import Server, machine, one_model_door, versions, write_results  # noqa: E402
 
 from modelkit.registry import load_version  # noqa: E402
 
@@ -109,30 +108,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     manifest, _ = load_version(args.registry, args.model)
-    item, body = sample_item(manifest.task)
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="request-profile-") as tmp:
-        server = Server(args.registry, {"SERVICE_MODELS": json.dumps([args.model])}, Path(tmp))
-        try:
-            server.wait_ready()
-            req = door_request(args.door, server, args.model, manifest.task, item, body | {"model": args.model}, "wrk")
-            body_file = Path(tmp) / "body"
-            body_file.write_bytes(req.body)
-            req.run(req.url, body_file, 500, 8, 60, req.headers)  # warm-up
-            pid = worker_pid(server)
-            found: dict = {}
-            sampler = threading.Thread(target=lambda: found.update(
-                layers=profile(pid, args.seconds, Path(tmp) / "profile.raw")))
-            threads0 = thread_cpu(pid)
-            sampler.start()
-            if req.door == "oip-grpc":  # h2load: for a duration
-                load = req.run(req.url, body_file, 0, 32, args.seconds + 2, req.headers, duration_s=args.seconds + 2)
-            else:  # wrk runs until its time is up
-                load = req.run(req.url, body_file, 10**7, 32, args.seconds + 2, req.headers)
-            sampler.join()
-            threads = {k: v - threads0[k] for k, v in thread_cpu(pid).items()}
-        finally:
-            server.stop()
+    with tempfile.TemporaryDirectory(prefix="request-profile-") as tmp, \
+            one_model_door(args.registry, args.model, args.door, Path(tmp)) as (server, req, body_file):
+        pid = worker_pid(server)
+        found: dict = {}
+        sampler = threading.Thread(target=lambda: found.update(
+            layers=profile(pid, args.seconds, Path(tmp) / "profile.raw")))
+        threads0 = thread_cpu(pid)
+        sampler.start()
+        if req.door == "oip-grpc":  # h2load: for a duration
+            load = req.run(req.url, body_file, 0, 32, args.seconds + 2, req.headers, duration_s=args.seconds + 2)
+        else:  # wrk runs until its time is up
+            load = req.run(req.url, body_file, 10**7, 32, args.seconds + 2, req.headers)
+        sampler.join()
+        threads = {k: v - threads0[k] for k, v in thread_cpu(pid).items()}
     load_after = os.getloadavg()
     layers: Counter = found["layers"]
     total = sum(layers.values())

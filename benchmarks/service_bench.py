@@ -40,6 +40,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -331,6 +333,25 @@ def door_request(door: str, server: "Server", name: str, task: str, item, json_b
     framed = b"\x00" + len(message).to_bytes(4, "big") + message  # gRPC length-prefixed message
     return DoorRequest(door, f"http://{server.grpc_address}/inference.GRPCInferenceService/ModelInfer", framed,
                        {"content-type": "application/grpc", "te": "trailers"}, h2load)
+
+
+@contextmanager
+def one_model_door(registry: Path, name: str, door: str, workdir: Path, warmup: int = 500
+                   ) -> Iterator[tuple[Server, DoorRequest, Path]]:
+    """``bentoml serve`` with only ``name``, and a warmed-up request of ``door`` for it: (server, request,
+    body file); the server is stopped on exit."""
+    manifest, _ = load_version(registry, name)
+    item, body = sample_item(manifest.task)
+    server = Server(registry, {"SERVICE_MODELS": json.dumps([name])}, workdir)
+    try:
+        server.wait_ready()
+        req = door_request(door, server, name, manifest.task, item, body | {"model": name}, "wrk")
+        body_file = workdir / "body"
+        body_file.write_bytes(req.body)
+        req.run(req.url, body_file, warmup, 8, 60, req.headers)
+        yield server, req, body_file
+    finally:
+        server.stop()
 
 
 def machine() -> str:
