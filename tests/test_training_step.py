@@ -66,9 +66,10 @@ def test_trainer_learns_the_tiny_task(tiny_text_data, tmp_path):
     assert result.best_metric > 0.8  # word cues make this easy; chance is ~0.33
 
 
-def test_ngram_bag_reads_real_tokens_only(tiny_text_data, tmp_path):
+@pytest.mark.parametrize("pooling", ["mean", "sqrt"])
+def test_ngram_bag_reads_real_tokens_only(pooling, tiny_text_data, tmp_path):
     fam, cfg, splits, model = _prepared("sentiment", tiny_text_data["single"], tmp_path,
-                                        model={"ngram_buckets": 1024, "ngram_dim": 16})
+                                        model={"ngram_buckets": 1024, "ngram_dim": 16, "ngram_pooling": pooling})
     bag = model.ngrams.eval()
     ids = torch.tensor([[2, 40, 41, 42, 3]])
     padded = torch.tensor([[2, 40, 41, 42, 3, 0, 0, 0]])  # pad id 0, masked out (no bigram across the end)
@@ -79,6 +80,10 @@ def test_ngram_bag_reads_real_tokens_only(tiny_text_data, tmp_path):
     assert torch.allclose(a, b, atol=1e-6)
     assert not torch.allclose(a, swapped, atol=1e-4)
     assert model.head.in_features == cfg.model.hidden_size + 16
+    if pooling == "sqrt":  # sum / sqrt(9 unigrams and bigrams): the mean times 3
+        bag.pooling = "mean"
+        with torch.no_grad():
+            assert torch.allclose(a, 3 * bag(ids, torch.ones_like(ids)), atol=1e-6)
 
 
 @pytest.mark.parametrize("ngram_buckets", [0, 512])
