@@ -212,44 +212,41 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             if self._next is not None:  # started while the previous call's answers were handed out
-                live, call = self._next
+                jobs, call = self._next
                 self._next = None
-                self._busy = True
-                try:
-                    await self._finish(live, call)
-                except Exception:
-                    log.exception("%s: batch bookkeeping failed", self.name)
-                    self._fail(live)
-                finally:
-                    self._busy = False
-                continue
-            if not self._pending:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            # Requests whose handlers are ready to run in this loop iteration join first: gRPC handlers
-            # submit without awaiting anything, so the Traffic count never shows them arriving.
-            await asyncio.sleep(0)
-            first = self._pending[0]
-            deadline = first.enqueued_at + self.max_wait_s
-            while self._items_with_key(first.key) < self.max_batch_size:
-                remaining = deadline - loop.time()
-                if remaining <= 0 or self._traffic.arriving() <= 0:
-                    break
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), remaining)
-                except TimeoutError:
-                    break
-            jobs = self._take(first.key)
+                work = self._finish(jobs, call)
+            else:
+                if not self._pending:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                # Requests whose handlers are ready to run in this loop iteration join first: gRPC handlers
+                # submit without awaiting anything, so the Traffic count never shows them arriving.
+                await asyncio.sleep(0)
+                first = self._pending[0]
+                while not self._ready(first, loop.time()):
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), first.enqueued_at + self.max_wait_s - loop.time())
+                    except TimeoutError:
+                        break
+                jobs = self._take(first.key)
+                work = self._run_jobs(jobs)
             self._busy = True
             try:
-                await self._run_jobs(jobs)
+                await work
             except Exception:  # never let the loop die: every job must get an answer
                 log.exception("%s: batch bookkeeping failed", self.name)
                 self._fail(jobs)
             finally:
                 self._busy = False
+
+    def _ready(self, first: _Job, now: float) -> bool:
+        """Whether the batch that ``first`` heads leaves now: it is full, ``first`` has waited ``max_wait_ms``,
+        or no other request is on its way (waiting could not fill it)."""
+        return (self._items_with_key(first.key) >= self.max_batch_size
+                or now - first.enqueued_at >= self.max_wait_s
+                or self._traffic.arriving() <= 0)
 
     def _fail(self, jobs: list[_Job]) -> None:
         for job in jobs:
@@ -291,13 +288,15 @@ class Batcher:
                     f"{self.name}: the request's deadline will pass before its items are through the model"))
         return [j for j in jobs if not j.future.done()]  # a cancelled or expired request needs no inference
 
+    def _call_args(self, live: list[_Job]) -> tuple[list[Any], dict[str, Any], list[float], tuple]:
+        """``_call``'s arguments for ``live``'s items; marks the model busy for their expected time."""
+        now = asyncio.get_running_loop().time()
+        self._busy_until = time.monotonic() + sum(j.estimate_s for j in live)
+        return [it for j in live for it in j.items], live[0].options, [now - j.enqueued_at for j in live], live[0].key
+
     def _start(self, live: list[_Job]) -> asyncio.Future:
         """``live``'s items to the model thread; the future of their results."""
-        loop = asyncio.get_running_loop()
-        items = [it for j in live for it in j.items]
-        waits = [loop.time() - j.enqueued_at for j in live]
-        self._busy_until = time.monotonic() + sum(j.estimate_s for j in live)
-        return loop.run_in_executor(self._executor, self._call, items, live[0].options, waits, live[0].key)
+        return asyncio.get_running_loop().run_in_executor(self._executor, self._call, *self._call_args(live))
 
     async def _run_jobs(self, jobs: list[_Job]) -> None:
         live = self._live(jobs)
@@ -305,11 +304,8 @@ class Batcher:
             return
         n_items = sum(len(j.items) for j in live)
         if self._inline_ok(n_items) and all(j.inline for j in live):
-            loop = asyncio.get_running_loop()
-            self._busy_until = time.monotonic() + sum(j.estimate_s for j in live)
             try:
-                results = self._call([it for j in live for it in j.items], live[0].options,
-                                     [loop.time() - j.enqueued_at for j in live], live[0].key)
+                results = self._call(*self._call_args(live))
             except Exception as exc:
                 self._busy_until = 0.0
                 await self._failed(live, exc)
@@ -334,16 +330,11 @@ class Batcher:
     def _start_next(self) -> None:
         """Under load the next batch is already queued when a call ends: start it now, before this call's
         answers are handed out (writing them keeps the event loop busy for about as long as the model
-        call). Only a batch the usual rule would take at once: full, waited long enough, or nothing
-        else on its way."""
+        call). Only a batch ``_ready`` would take at once."""
         if not self._pending or self._next is not None:
             return
         first = self._pending[0]
-        loop = asyncio.get_running_loop()
-        ready = (self._items_with_key(first.key) >= self.max_batch_size
-                 or loop.time() - first.enqueued_at >= self.max_wait_s
-                 or self._traffic.arriving() <= 0)
-        if not ready:
+        if not self._ready(first, asyncio.get_running_loop().time()):
             return
         live = self._live(self._take(first.key))
         if live:
