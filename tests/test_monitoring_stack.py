@@ -147,6 +147,8 @@ def test_counters_and_histogram_counts_equal_the_requests_sent(stack, traffic):
     counted = f'sum by (endpoint, status) (modelserve_requests_total{{endpoint=~"{endpoints}"}})'
     prom.wait_for(counted, lambda v: series(counted) == expected, timeout=30)
     hist = f'sum by (endpoint, status) (modelserve_request_duration_seconds_count{{endpoint=~"{endpoints}"}})'
+    # a flush writes the counters, then the histograms: a scrape between the two sees the counter first
+    prom.wait_for(hist, lambda v: series(hist) == expected, timeout=30)
     assert series(hist) == expected
 
     items = {m: float(n) for m, n in traffic["items"].items()}
