@@ -226,7 +226,8 @@ class TextClassifierFamily(Family):
         full = {
             **base,
             "model": {"vocab_size": 16000, "max_length": 128, "hidden_size": 256, "num_layers": 4,
-                      "num_heads": 4, "intermediate_size": 1024},
+                      "num_heads": 4, "intermediate_size": 1024,
+                      **({"ngram_buckets": 65536, "ngram_dim": 256, "ngram_pooling": "sqrt"} if self.multi_label else {})},
             "train": {"epochs": 20, "batch_size": 64, "lr": 3e-4, "patience": 3, "schedule": "cosine"},
             "gate": gate,
         }
