@@ -204,7 +204,8 @@ def torch_generate(model, sources: list[list[int]], *, num_beams: int, max_new_t
     for i in range(0, len(sources), batch_size):
         chunk = sources[i:i + batch_size]
         ids, mask = pad(chunk)
-        seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+        device = next(model.parameters()).device  # validation runs on the training device
+        seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen)
         for row in seqs[:, 1:].tolist():
             out.append(row[: row.index(EOS) + 1] if EOS in row else [t for t in row if t != PAD])
     return out
@@ -631,8 +632,9 @@ class TranslatorFamily(Family):
         rows = [int(r) for r in rows]
         out = [{"loss": 0.0, "tokens": 0, "hyp": None} for _ in rows]
         lengths = [len(src[r]) + len(tgt[r]) for r in rows]
+        device = next(model.parameters()).device  # batches are built on the CPU
         for idx in token_budget_batches(lengths, cfg.model.batch_tokens, None):
-            batch = _to_batch([src[rows[i]] for i in idx], [tgt[rows[i]] for i in idx])
+            batch = {k: v.to(device) for k, v in _to_batch([src[rows[i]] for i in idx], [tgt[rows[i]] for i in idx]).items()}
             per_row = self._token_losses(model, batch, 0.0).sum(1)
             tokens = (batch["labels"] != -100).sum(1)
             for i, loss, n in zip(idx, per_row.tolist(), tokens.tolist()):
