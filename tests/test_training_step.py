@@ -58,6 +58,28 @@ def test_trainer_logs_every_epoch_keeps_best_and_stops_early(tiny_text_data, tmp
     assert (tmp_path / "plots" / "curves.png").stat().st_size > 1000
 
 
+def test_time_budget_ending_at_an_epoch_boundary_adds_no_empty_epoch(tiny_text_data, tmp_path, monkeypatch):
+    """A budget that runs out before an epoch's first step ends the run there: no validation pass
+    and no log record of a step-less epoch (it used to log train_loss NaN, seen on a GPU run)."""
+    from training import trainer
+
+    fam, cfg, splits, model = _prepared(
+        "sentiment", tiny_text_data["single"], tmp_path, epochs=4, max_steps_per_epoch=2, max_minutes=1.0, patience=4
+    )
+    calls = []
+
+    def sync(clock):  # the two budget checks of epoch 1 are in time, the first of epoch 2 is not
+        calls.append(1)
+        clock.synced = 0.0 if len(calls) <= 2 else 60.0
+        return clock.synced
+
+    monkeypatch.setattr(trainer._Clock, "sync", sync)
+    result = train(fam, model, cfg, splits, log_path=tmp_path / "log.jsonl", plots_dir=None, label="t")
+    lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1] and result.epochs_run == 1 and result.stopped_early
+    assert lines[0]["steps"] == 2 and np.isfinite(lines[0]["train_loss"])
+
+
 def test_trainer_learns_the_tiny_task(tiny_text_data, tmp_path):
     fam, cfg, splits, model = _prepared(
         "sentiment", tiny_text_data["single"], tmp_path, epochs=8, lr=3e-3, max_steps_per_epoch=None, patience=8

@@ -357,9 +357,14 @@ class _Run:
                 os.kill(os.getpid(), signal.SIGKILL)  # fault drill (tests): die as a preempted pod would
         bar.close()
 
-    def end_epoch(self, seconds: float) -> dict:
-        """Validate, keep the best weights, decide whether to stop; the epoch's log record."""
+    def end_epoch(self, seconds: float) -> dict | None:
+        """Validate, keep the best weights, decide whether to stop; the epoch's log record (None when
+        the time budget ran out before the epoch's first step: nothing new to validate or log)."""
         st, tc, monitor, epoch = self.state, self.tc, self.monitor, self.state.epoch
+        if st.out_of_time and st.step_in_epoch == 0 and st.history:
+            self.say(f"  [{self.label}] time budget of {tc.max_minutes} min reached after epoch {epoch - 1}", flush=True)
+            st.finished = True
+            return None
         with self.ema.swapped_in(self.model) if self.ema is not None else contextlib.nullcontext():
             val = validate(self.family, self.model, self.cfg, self.splits, self.ctx)
             weights = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
@@ -432,7 +437,7 @@ def train(
             t_epoch = time.perf_counter()
             run.train_epoch(kill_at)
             record = run.end_epoch(time.perf_counter() - t_epoch)
-            if log is not None:
+            if record is not None and log is not None:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             run.save_checkpoint()
