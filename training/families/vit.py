@@ -136,7 +136,8 @@ PRESETS: dict[str, dict] = {
         "gate": _gate(0.89, max_below_baseline=0.0),
     },
     # GPU: the quick preset's conv stem onto a 7x7 grid (patch 4: 49 tokens), wider and deeper, random
-    # erasing, an average of the weights, a longer schedule
+    # erasing, an average of the weights, a longer schedule. Measured on an H200 (2026-11-28, four other
+    # trainings sharing it): test accuracy 0.912 after 60 epochs of ~5.5 s, validation still rising (0.9187)
     "full": {
         "model": {
             "stem": "conv",
