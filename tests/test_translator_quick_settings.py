@@ -97,6 +97,27 @@ def test_two_translators_train_in_parallel_processes(tmp_path, capsys):
         assert manifest.training.config["train"]["max_minutes"] == 0.5
 
 
+def test_a_model_that_fails_in_its_process_does_not_hide_the_others(tmp_path, capsys):
+    """`train --jobs 2`: one model's error (bad data in its worker) still lets the other finish, be
+    published and reported; the exit code is the error's."""
+    from modelkit.registry import latest_version
+    from test_translator_decoding import synthetic_pairs
+    from training.cli import EXIT_INPUT, main
+
+    good, bad = tmp_path / "pairs.tsv", tmp_path / "bad.tsv"
+    good.write_text("".join(f"{p.src}\t{p.tgt}\n" for p in synthetic_pairs(200, seed=2)), encoding="utf-8")
+    bad.write_text("a line without its translation\n" * 50, encoding="utf-8")
+    root = tmp_path / "registry"
+    rc = main(["train", "--preset", "smoke", "--models", "de-en,en-ko", "--jobs", "2",
+               "--data", f"de-en={good}", "--data", f"en-ko={bad}", "--registry", str(root),
+               "--data-dir", str(tmp_path / "data"), "--set", "train.progress=false", "--set", "train.threads=1"])
+    captured = capsys.readouterr()
+    assert rc == EXIT_INPUT, captured.out + captured.err
+    assert "=== 1 model(s)" in captured.out and "de-en" in captured.out.split("=== 1 model(s)")[1]
+    assert "[en-ko] FAILED: DataError" in captured.err and "bad.tsv" in captured.err
+    assert latest_version(root, "de-en") is not None and not (root / "en-ko").exists()
+
+
 def test_help_pages_pair_the_same_element_of_the_same_page(tmp_path):
     from training.data.translation import HELP_FOLDERS, HELP_PACKAGES, read_libreoffice_help
 

@@ -183,12 +183,19 @@ def _run_all(args: argparse.Namespace, configs: dict[str, ModelConfig], jobs: in
         options["ctx"] = ctx
     failed: list[str] = []
     summary = []
+    outcomes: dict[str, tuple[bool, object]] = {}
+    errors: dict[str, BaseException] = {}
     t_all = time.perf_counter()
     if jobs > 1:
         print(f"training {len(configs)} models in {jobs} parallel processes", flush=True)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {name: pool.submit(_train_one, name, cfg, options) for name, cfg in configs.items()}
-            outcomes = {name: f.result() for name, f in futures.items()}
+            for name, f in futures.items():
+                try:
+                    outcomes[name] = f.result()
+                except Exception as exc:  # the others still finish and are reported; the first error decides the exit
+                    errors[name] = exc
+                    print(f"\n[{name}] FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
     else:
         outcomes = {name: _train_one(name, cfg, options) for name, cfg in configs.items()}
     for name, (passed, result) in outcomes.items():
@@ -204,6 +211,9 @@ def _run_all(args: argparse.Namespace, configs: dict[str, ModelConfig], jobs: in
     print(f"\n=== {len(summary)} model(s) in {total:.0f} s ===")
     for r in summary:
         print(r.summary_line())
+    if errors:
+        print(f"failed with an error: {', '.join(errors)} (nothing published for them)", file=sys.stderr)
+        raise next(iter(errors.values()))
     if failed:
         print(f"gate failed for: {', '.join(failed)} (published as not servable; LATEST unchanged)", file=sys.stderr)
         return EXIT_GATE
