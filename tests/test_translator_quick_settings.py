@@ -57,6 +57,25 @@ def test_budget_schedule_anneals_by_steps_or_by_time():
     assert late(1) == pytest.approx(0.0, abs=1e-9) and not math.isnan(late(1))
 
 
+def test_quick_gate_needs_chrf_above_retrieval_and_en_ko_keeps_its_best_validation_chrf():
+    """The quick gate fails a translator under the retrieval baseline (en-ko's 37.2 against 37.5, measured
+    when validation loss kept an early epoch) and passes one above it; en-ko selects by validation chrF."""
+    from training.cli import resolve_configs
+    from training.gate import evaluate_gate
+
+    cfgs = resolve_configs(["de-en", "en-ko"], "quick")
+    assert cfgs["en-ko"].train.monitor == "chrf" and cfgs["de-en"].train.monitor == "neg_loss"
+    baselines = {"retrieval": {"chrf": 37.5, "bleu": 41.0}, "copy_source": {"chrf": 4.1, "bleu": 2.4}}
+    parity = {"torch_match_greedy_b1": 1.0, "torch_match_greedy_b16": 1.0, "torch_match_beam_b16": 1.0,
+              "torch_match_continuous_greedy": 1.0, "torch_match_continuous_beam": 1.0}
+    criteria = cfgs["en-ko"].gate.criteria
+    assert not evaluate_gate("en-ko", criteria, {"chrf": 37.2, "bleu": 45.0, **parity}, baselines).passed
+    assert evaluate_gate("en-ko", criteria, {"chrf": 43.6, "bleu": 48.9, **parity}, baselines).passed
+    low_copy = {"retrieval": {"chrf": 5.0, "bleu": 1.0}, "copy_source": {"chrf": 18.3, "bleu": 1.6}}
+    assert not evaluate_gate("de-en", cfgs["de-en"].gate.criteria, {"chrf": 20.0, "bleu": 5.0, **parity},
+                             low_copy).passed  # above retrieval, under copy-source + 5
+
+
 def test_jobs_auto_runs_only_concurrent_families_in_parallel(monkeypatch):
     from training.cli import ConfigError, parallel_jobs, resolve_configs
     from training.families import available_models
