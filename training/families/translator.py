@@ -515,7 +515,7 @@ class TranslatorFamily(Family):
         # batches vs 3.61 with 2048 (and 4.08 after 25 min of 4096-token batches with a 6k vocabulary).
         # Measured with `train --preset quick --models de-en,en-ko` on the idle 2-core machine: 23 min 11 s in all;
         # test chrF (beam 4) de-en 36.1 (copy-source 18.3, retrieval 30.2), en-ko 36.5 (copy 4.1, retrieval 37.5).
-        # 2026-11-28: de-en 35.6; en-ko with the validation-chrF checkpoint 43.0 / 41.6 (seeds 13 / 7, side by side).
+        # 2026-11-28: de-en 35.6 / 33.3 (seeds 13 / 7); en-ko with the validation-chrF checkpoint 43.0 / 41.6.
         # Demonstration quality: UI strings come out well, dictionary sentences mostly wrong (de-en Ding chrF 24).
         de = self.name == "de-en"
         quick = {
