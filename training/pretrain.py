@@ -31,6 +31,7 @@ from .config import ConfigError, DataConfig, ModelConfig
 from .data.corpus import SOURCES, build_corpus, text_key
 from .families.text_classifier import EncoderParams
 from .family import Split, Splits
+from .trainer import model_device
 
 IGNORE = -100  # label of unmasked positions (not in the loss)
 
@@ -239,7 +240,7 @@ class MaskedLM:
     def val_outputs(self, model, cfg: PretrainConfig, splits: Splits, rows: np.ndarray) -> list:
         """(correct, masked, summed loss) per validation row; the masking is fixed by the row index."""
         seqs = splits.val.x
-        device = next(model.parameters()).device
+        device = model_device(model)
         model.eval()
         out = []
         with torch.no_grad():

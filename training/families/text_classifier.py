@@ -36,6 +36,7 @@ from ..metrics import (
     tune_global_threshold,
     tune_per_label_thresholds,
 )
+from ..trainer import model_device
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -416,7 +417,7 @@ class TextClassifierFamily(Family):
         model.eval()
         out = [np.zeros((0, len(splits.labels)), dtype=np.float32)]
         with torch.no_grad():
-            device = next(model.parameters()).device
+            device = model_device(model)
             for s in range(0, len(rows), size):
                 ids, mask = enc.pad([encoded[i] for i in rows[s : s + size]])
                 logits = model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))

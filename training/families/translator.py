@@ -34,6 +34,7 @@ from modelkit.manifest import (
 from ..config import DataConfig, ModelConfig
 from ..data.translation import CORPORA, Pair, load_splits, read_pairs_file
 from ..family import Assets, DataError, Evaluation, Family, GraphExport, Split, Splits
+from ..trainer import model_device
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -203,10 +204,10 @@ def torch_generate(model, sources: list[list[int]], *, num_beams: int, max_new_t
     model.eval()
     gen = generation_config(num_beams, max_new_tokens, length_penalty)
     out: list[list[int]] = []
+    device = model_device(model)  # validation runs on the training device
     for i in range(0, len(sources), batch_size):
         chunk = sources[i:i + batch_size]
         ids, mask = pad(chunk)
-        device = next(model.parameters()).device  # validation runs on the training device
         seqs = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen)
         for row in seqs[:, 1:].tolist():
             out.append(row[: row.index(EOS) + 1] if EOS in row else [t for t in row if t != PAD])
@@ -639,7 +640,7 @@ class TranslatorFamily(Family):
         rows = [int(r) for r in rows]
         out = [{"loss": 0.0, "tokens": 0, "hyp": None} for _ in rows]
         lengths = [len(src[r]) + len(tgt[r]) for r in rows]
-        device = next(model.parameters()).device  # batches are built on the CPU
+        device = model_device(model)  # batches are built on the CPU
         for idx in token_budget_batches(lengths, cfg.model.batch_tokens, None):
             batch = {k: v.to(device) for k, v in _to_batch([src[rows[i]] for i in idx], [tgt[rows[i]] for i in idx]).items()}
             per_row = self._token_losses(model, batch, 0.0).sum(1)

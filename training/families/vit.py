@@ -353,8 +353,9 @@ class ViTFamily(Family):
         import torch.nn.functional as F
 
         from ..distributed import unwrap
+        from ..trainer import model_device
 
-        device = next(model.parameters()).device  # batches are built on the CPU
+        device = model_device(model)  # batches are built on the CPU
         logits = model(pixel_values=batch["pixel_values"].to(device)).logits
         return F.cross_entropy(logits, batch["labels"].to(device), label_smoothing=unwrap(model).config.label_smoothing)
 
@@ -362,9 +363,11 @@ class ViTFamily(Family):
         """Predicted class id per validation row."""
         import torch
 
+        from ..trainer import model_device
+
         was_training = model.training
         model.eval()
-        device = next(model.parameters()).device
+        device = model_device(model)
         x = self.tensors(splits, "val")
         size = cfg.train.eval_batch_size
         preds: list[int] = []
