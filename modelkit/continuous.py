@@ -9,9 +9,13 @@ slices of the buffers, without gathering or copying the cache.
 
 Graphs (roles in the manifest):
 
-- ``encoder`` and ``decoder`` (first step) as in ``modelkit.seq2seq``: a new sequence's encoder
-  pass and first decoder step run together with the other sequences admitted at the same time;
-  they fill the row's first self-attention slot and its cross-attention cache.
+- ``encoder_kv``: ``input_ids``, ``attention_mask`` -> every decoder layer's cross-attention cache
+  ``present.{i}.encoder.key|value`` [B, H, S, D]. Sequences admitted together run it as one batch;
+  each joins the running batch at position 0 with the start token, so its first token comes from the
+  next shared ``decoder_step`` call.
+- ``encoder`` and ``decoder`` (first step) as in ``modelkit.seq2seq``, for versions exported before
+  ``encoder_kv``: the new sequences' encoder pass and first decoder step run as two more calls, which
+  fill the row's first self-attention slot and its cross-attention cache.
 - ``decoder_step``: one token per row at the row's own ``positions``, a ``self_attention_mask``
   over its cache slots, the cache itself; returns the ``top_logprobs`` / ``top_tokens`` of the
   next token (suppressed tokens excluded) and this step's ``step_key_values.{i}.decoder.key|value``
@@ -35,6 +39,9 @@ import numpy as np
 from .seq2seq import NEG_INF, DecoderSpec, Hypothesis, cross_cache_names, log_softmax, pad_batch, self_cache_names
 
 POSITION_BUCKET = 16  # cache capacity grows and shrinks by this many positions
+# an encoder_kv call costs about as much as this many more source tokens (quick de-en, one thread: ~0.06 ms
+# per call against ~0.012 ms per padded token), which is what splitting the joiners by length weighs
+ENCODER_CALL_TOKENS = 8
 FLOAT_BYTES = 4
 
 
@@ -175,8 +182,9 @@ class ContinuousDecoder:
     sequences fit that and a key/value byte budget, counted on the buffers as they would be allocated.
     """
 
-    def __init__(self, encoder, decoder, decoder_step, spec: DecoderSpec, *, max_rows: int = 64):
+    def __init__(self, encoder, decoder, decoder_step, spec: DecoderSpec, *, max_rows: int = 64, encoder_kv=None):
         self.encoder, self.decoder, self.decoder_step, self.spec = encoder, decoder, decoder_step, spec
+        self.encoder_kv = encoder_kv
         self.max_rows = max_rows
         n = spec.num_layers
         self._present_self, self._present_cross = self_cache_names(n, "present"), cross_cache_names(n, "present")
@@ -190,7 +198,8 @@ class ContinuousDecoder:
         self._pos = np.zeros(0, dtype=np.int64)  # tokens cached per row (the next token's position)
         self._last = np.zeros(0, dtype=np.int64)  # the token each row feeds next
         self._src = np.zeros(0, dtype=np.int64)  # source length per row
-        self.vocab: int | None = None
+        # beam search breaks ties by ``beam * vocab + token``: any bound above the largest token id orders them alike
+        self.vocab = _output_width(decoder, "logits", required=False) or 1 << 32
         self.steps = 0
 
     # ------------------------------------------------------------------ capacity
@@ -218,11 +227,16 @@ class ContinuousDecoder:
     def rows(self) -> int:
         return self.n
 
-    # ------------------------------------------------------------------ admit (encoder + first step)
+    # ------------------------------------------------------------------ admit (encoder, first step)
+
+    @property
+    def first_token_at_admit(self) -> bool:
+        """Whether ``admit`` takes the first token itself (no ``encoder_kv``) or the next ``step`` does."""
+        return self.encoder_kv is None
 
     def admit(self, seqs: list[Sequence]) -> list[Sequence]:
-        """Encode ``seqs`` together, take their first token, and add the unfinished ones to the
-        running batch. Returns the sequences that already finished."""
+        """Encode ``seqs`` together and add them to the running batch. Without ``encoder_kv`` their
+        first token is taken here too; returns the sequences that already finished."""
         if not seqs:
             return []
         for s in seqs:
@@ -230,6 +244,15 @@ class ContinuousDecoder:
                 raise ValueError(f"num_beams {s.num_beams} > {self.max_beams()} (decoder_step returns {self.top_k} "
                                  "candidates per row)")
         spec = self.spec
+        if self.encoder_kv is not None:
+            for s in seqs:
+                if s.num_beams > 1:
+                    s.beam = BeamSearch(s.num_beams, s.max_new_tokens, s.length_penalty, spec.eos_token_id, self.vocab)
+            for group in length_groups([len(s.source) for s in seqs]):
+                ids, mask = pad_batch([seqs[i].source for i in group], spec.pad_token_id)
+                cross_kv = self.encoder_kv.run(self._present_cross, {"input_ids": ids, "attention_mask": mask})
+                self._place([(b, seqs[i], spec.bos_token_id) for b, i in enumerate(group)], None, cross_kv)
+            return []
         ids, mask = pad_batch([s.source for s in seqs], spec.pad_token_id)
         (hidden,) = self.encoder.run(["encoder_hidden_states"], {"input_ids": ids, "attention_mask": mask})
         prefix = np.full((len(seqs), 1), spec.bos_token_id, dtype=np.int64)
@@ -240,7 +263,6 @@ class ContinuousDecoder:
         logp = log_softmax(outs[0][:, -1, :])
         if spec.suppress_token_ids:
             logp[:, spec.suppress_token_ids] = -np.inf
-        self.vocab = logp.shape[-1]
         finished, joining = [], []
         for b, s in enumerate(seqs):
             if s.num_beams == 1:
@@ -266,7 +288,8 @@ class ContinuousDecoder:
         return finished
 
     def _place(self, joining, self_kv, cross_kv) -> None:
-        """Slots for the joining sequences: their first self-attention slot and their cross cache."""
+        """Slots for the joining sequences: their cross cache and, when ``self_kv`` (the first step's) is
+        given, their first self-attention slot; otherwise they start at position 0 with ``first``."""
         new_rows = sum(s.rows for _, s, _ in joining)
         longest_src = max(len(s.source) for _, s, _ in joining)
         self._ensure(self.n + new_rows, src_len=longest_src, self_len=1)
@@ -275,11 +298,12 @@ class ContinuousDecoder:
             src = len(s.source)
             s.slots = list(range(self.n, self.n + s.rows))
             rows = slice(self.n, self.n + s.rows)
-            for buf, x in zip(c.self_kv, self_kv):
-                buf[rows, :, 0] = x[b, :, 0]
+            if self_kv is not None:
+                for buf, x in zip(c.self_kv, self_kv):
+                    buf[rows, :, 0] = x[b, :, 0]
             for buf, x in zip(c.cross_kv, cross_kv):
                 buf[rows, :, :src] = x[b, :, :src]
-            self._pos[rows], self._src[rows], self._last[rows] = 1, src, first
+            self._pos[rows], self._src[rows], self._last[rows] = 0 if self_kv is None else 1, src, first
             self._owner.extend((s, j) for j in range(s.rows))
             self.n += s.rows
             self.sequences.append(s)
@@ -327,7 +351,8 @@ class ContinuousDecoder:
                     self._last[r] = tok
                 continue
             slots = np.asarray(s.slots)
-            nxt = s.beam.advance(logp[slots], tokens[slots])
+            live = slots[:1] if s.beam.step == 0 else slots  # every beam starts as the same row
+            nxt = s.beam.advance(logp[live], tokens[live])
             if nxt is None:
                 s.result = s.beam.best()
                 finished.append(s)
@@ -417,12 +442,34 @@ class ContinuousDecoder:
         return [s.result for s in seqs]
 
 
-def _output_width(session, name: str) -> int:
-    """The static last dimension of a graph output (decoder_step's candidates per row)."""
+def length_groups(lengths: list[int], call_tokens: int = ENCODER_CALL_TOKENS) -> list[list[int]]:
+    """Indices of ``lengths`` split into batches of similar length: the split that minimises the padded
+    tokens plus ``call_tokens`` per batch (sorted by length, then the best contiguous cuts)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j (sorted) items
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        widest = lengths[order[j - 1]]  # sorted: the last item of a group is its longest
+        for i in range(j):
+            cost = best[i] + call_tokens + (j - i) * widest
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def _output_width(session, name: str, required: bool = True) -> int | None:
+    """The static last dimension of a graph output (decoder_step's candidates per row, the vocabulary)."""
     for out in session.get_outputs():
         if out.name == name and isinstance(out.shape[-1], int):
             return out.shape[-1]
-    raise ValueError(f"decoder_step has no output {name!r} with a fixed width")
+    if required:
+        raise ValueError(f"decoder_step has no output {name!r} with a fixed width")
+    return None
 
 
 def kv_bytes_per_position(spec: DecoderSpec) -> int:
@@ -430,4 +477,4 @@ def kv_bytes_per_position(spec: DecoderSpec) -> int:
     return 2 * spec.num_layers * spec.num_heads * spec.head_dim * FLOAT_BYTES
 
 
-__all__ = ["BeamSearch", "ContinuousDecoder", "Sequence", "kv_bytes_per_position"]
+__all__ = ["BeamSearch", "ContinuousDecoder", "Sequence", "kv_bytes_per_position", "length_groups"]

@@ -39,7 +39,7 @@ class TensorSpec(_Strict):
 class GraphSpec(_Strict):
     """One ONNX graph file of a model version."""
 
-    role: str  # "model" for classifiers; "encoder", "decoder", "decoder_with_past" for seq2seq
+    role: str  # "model" for classifiers; "encoder", "decoder", "decoder_with_past" (+ "decoder_step", "encoder_kv") for seq2seq
     variant: Variant
     path: str  # relative to the version folder
     opset: int

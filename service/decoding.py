@@ -257,6 +257,8 @@ class DecodingScheduler:
         model, runtime = self.model, self.runtime
         for seq in report.joined:
             item = seq.tag
+            if item.first_token_at is None:  # its first step failed (report.failed answers it)
+                continue
             telemetry.record_decoding_join(model, item.admitted_at - item.request.enqueued_at,
                                            item.first_token_at - item.request.enqueued_at)
         for seq, n in report.progress:
@@ -406,8 +408,9 @@ class DecodingScheduler:
                 s.tag.admitted_at, s.tag.joined_step = t, engine.steps
             ended = engine.admit(joining)
             t = time.perf_counter()
-            for s in joining:
-                s.tag.first_token_at = t
+            if engine.first_token_at_admit:
+                for s in joining:
+                    s.tag.first_token_at = t
             report.joined = joining
             report.finished += [(s, t) for s in ended]
         if engine.rows:
@@ -415,6 +418,9 @@ class DecodingScheduler:
             ended = engine.step()
             t = time.perf_counter()
             report.finished += [(s, t) for s in ended]
+            for s in joining:  # with encoder_kv the joiners' first token comes from this step
+                if s.tag.first_token_at is None:
+                    s.tag.first_token_at = t
         report.progress = [(s, len(s.tokens)) for s in engine.sequences
                            if s.beam is None and s.tag.request.events is not None]
 

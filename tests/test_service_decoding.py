@@ -248,3 +248,36 @@ def test_few_arrivals_wait_a_few_steps_for_company(served):
     assert waited[0] == 4  # one text alone waited join_wait_steps steps
     assert max(waited[1:]) <= 1  # three texts (join_min) joined at the next step
     assert [r["translation"] for r in alone + trio] == expected(served, TEXTS[1:5], 1, 5)
+
+
+@pytest.mark.parametrize("admit", ["encoder_kv", "first_step_decoder"])
+def test_every_joined_text_records_its_first_token_after_its_queue_wait(served, admit, monkeypatch):
+    """With encoder_kv a joiner's first token comes from the next shared step, without it from admit's own
+    decoder call: either way the answers equal the batch decoder's and each joined text records a
+    time to first token no shorter than its queue wait."""
+    from service import decoding
+
+    runtime = served.runtime
+    if admit == "first_step_decoder":  # a version exported before encoder_kv
+        runtime = create_runtime(served.manifest, runtime.version_dir, runtime.settings)
+        runtime.load()
+        runtime.encoder_kv_session = None
+    model = ServedModel(name="de-en", version=served.version, status="ready", manifest=served.manifest,
+                        runtime=runtime, spec=served.spec)
+    joins = []
+    monkeypatch.setattr(decoding.telemetry, "record_decoding_join", lambda m, wait, ttft: joins.append((wait, ttft)))
+
+    async def main():
+        sched = scheduler(model, max_rows=8)
+        assert sched.engine.first_token_at_admit == (admit == "first_step_decoder")
+        calls = [(TEXTS[i % 8:i % 8 + 2], 1 + (i % 2) * 2, 10) for i in range(8)]
+        results = await asyncio.gather(*(sched.submit(ids(model, t), {"num_beams": b, "max_new_tokens": m})
+                                         for t, b, m in calls))
+        await sched.close()
+        return calls, results
+
+    calls, results = asyncio.run(main())
+    for (texts, beams, max_new), got in zip(calls, results):
+        assert [r["translation"] for r in got] == expected(model, texts, beams, max_new)
+    assert len(joins) == sum(len(t) for t, _, _ in calls)
+    assert all(0 <= wait <= ttft for wait, ttft in joins)

@@ -23,6 +23,7 @@ from training.families.translator import (  # noqa: E402
     DecoderStepGraph,
     DecoderWithPastGraph,
     EncoderGraph,
+    EncoderKVGraph,
     pad,
     torch_generate,
 )
@@ -72,15 +73,41 @@ def test_step_graph_equals_one_row_with_past_per_row(tiny):
                 assert torch.allclose(got[j, :, 0], want[0, :, -1], atol=1e-5)
 
 
+def test_encoder_kv_graph_is_the_first_steps_cross_cache(tiny):
+    """encoder_kv = the cross-attention key/values the first-step decoder computes from the encoder output."""
+    *_, model, _, _, _ = tiny
+    ids, mask = pad([[5, 6, 7, EOS], [8, 9, EOS], [5, 5, 9, 9, 6, EOS]])
+    with torch.no_grad():
+        hidden = EncoderGraph(model)(ids, mask)
+        n = model.config.decoder_layers
+        want = DecoderGraph(model)(torch.ones(3, 1, dtype=torch.long), hidden, mask)[1 + 2 * n:]
+        got = EncoderKVGraph(model)(ids, mask)
+    assert len(got) == len(want) == 2 * n
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-6)
+
+
+def without_encoder_kv(tiny) -> TranslatorRuntime:
+    """The tiny version as exported before encoder_kv existed: admit runs the first-step decoder itself."""
+    *_, folder, manifest, _ = tiny
+    old = manifest.model_copy(update={"graphs": [g for g in manifest.graphs if g.role != "encoder_kv"]})
+    rt = TranslatorRuntime(old, folder, SessionSettings(provider="cpu"))
+    rt.load()
+    return rt
+
+
+@pytest.mark.parametrize("admit", ["encoder_kv", "first_step_decoder"])
 @pytest.mark.parametrize("num_beams", [1, 3])
-def test_continuous_equals_the_batch_decoder(tiny, num_beams):
-    """Sequences joining and leaving at different steps decode exactly as the request batcher's decoder."""
+def test_continuous_equals_the_batch_decoder(tiny, num_beams, admit):
+    """Sequences joining and leaving at different steps decode exactly as the request batcher's decoder,
+    whether the joiners' first token comes from the shared step (encoder_kv) or from a decoder call at admit."""
     fam, cfg, splits, *_ = tiny
-    rt = runtime_for(tiny)
+    rt = runtime_for(tiny) if admit == "encoder_kv" else without_encoder_kv(tiny)
     src, _ = splits.state["test_ids"]
     ref = [rt.generate_ids([s], num_beams=num_beams, max_new_tokens=20)[0] for s in src]
     seqs = [Sequence(s, num_beams, 20) for s in src]
     dec = rt.continuous_decoder(max_rows=12)
+    assert dec.first_token_at_admit == (admit == "first_step_decoder")
     staggered(dec, seqs)
     assert [s.result.tokens for s in seqs] == [h.tokens for h in ref]
     assert [s.result.finished for s in seqs] == [h.finished for h in ref]

@@ -76,7 +76,7 @@ def runtime_for(tiny, variant="fp32") -> TranslatorRuntime:
 def test_export_parity_every_graph(tiny):
     exported = tiny[-1]
     roles = {(g.role, g.variant) for g in exported.graphs}
-    assert roles == {(r, v) for r in ("encoder", "decoder", "decoder_with_past", "decoder_step")
+    assert roles == {(r, v) for r in ("encoder", "encoder_kv", "decoder", "decoder_with_past", "decoder_step")
                      for v in ("fp32", "int8")}
     fp32 = next(p for p in exported.parity if p.variant == "fp32")
     assert fp32.passed and fp32.max_abs_diff <= 1e-4

@@ -33,7 +33,7 @@ def test_manifest_describes_the_seq2seq_version(registry):
     manifest, folder = load_version(registry, "de-en", latest_version(registry, "de-en"))
     assert manifest.task == "translation"
     assert {(g.role, g.variant) for g in manifest.graphs} == {
-        (r, v) for r in ("encoder", "decoder", "decoder_with_past", "decoder_step") for v in ("fp32", "int8")}
+        (r, v) for r in ("encoder", "encoder_kv", "decoder", "decoder_with_past", "decoder_step") for v in ("fp32", "int8")}
     assert manifest.preprocessing.source_lang == "de" and manifest.preprocessing.target_lang == "en"
     gen = manifest.generation
     assert gen.num_decoder_layers == 1 and gen.num_heads * gen.head_dim == 32

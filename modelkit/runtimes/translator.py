@@ -37,12 +37,10 @@ class TranslatorRuntime(Runtime):
         for role in ("encoder", "decoder", "decoder_with_past"):
             graph = self.manifest.graph(role, self.variant)
             sessions[role], self.provider = open_session(self.version_dir / graph.path, self.settings)
-        # versions exported before continuous batching (and imported ones) have no decoder_step graph
-        has_step = any(g.role == "decoder_step" and g.variant == self.variant for g in self.manifest.graphs)
-        self.step_session = None
-        if has_step:
-            graph = self.manifest.graph("decoder_step", self.variant)
-            self.step_session, _ = open_session(self.version_dir / graph.path, self.settings)
+        # versions exported before continuous batching (and imported ones) have no decoder_step graph, and
+        # those exported before encoder_kv admit new sequences with a decoder call of their own
+        self.step_session = self._optional_session("decoder_step")
+        self.encoder_kv_session = self._optional_session("encoder_kv") if self.step_session is not None else None
         suppress = sorted({pre.pad_token_id, pre.bos_token_id, pre.decoder_start_token_id} - {pre.eos_token_id})
         self.spec = DecoderSpec(
             num_layers=self.gen.num_decoder_layers,
@@ -54,6 +52,12 @@ class TranslatorRuntime(Runtime):
             suppress_token_ids=suppress,
         )
         self.decoder = Seq2SeqDecoder(sessions["encoder"], sessions["decoder"], sessions["decoder_with_past"], self.spec)
+
+    def _optional_session(self, role: str):
+        if not any(g.role == role and g.variant == self.variant for g in self.manifest.graphs):
+            return None
+        session, _ = open_session(self.version_dir / self.manifest.graph(role, self.variant).path, self.settings)
+        return session
 
     # ------------------------------------------------------------------ input checks
 
@@ -100,7 +104,7 @@ class TranslatorRuntime(Runtime):
         if self.step_session is None:
             raise ValueError(f"{self.manifest.name}/{self.manifest.version} has no decoder_step graph")
         return ContinuousDecoder(self.decoder.encoder, self.decoder.decoder, self.step_session, self.spec,
-                                 max_rows=max_rows)
+                                 max_rows=max_rows, encoder_kv=self.encoder_kv_session)
 
     def generate_continuous(self, sources: list[list[int]], *, num_beams: int, max_new_tokens: int,
                             length_penalty: float = 1.0) -> list[Hypothesis]:

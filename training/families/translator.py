@@ -290,6 +290,20 @@ class EncoderGraph(_GraphBase):
         return enc.layer_norm(h)
 
 
+class EncoderKVGraph(EncoderGraph):
+    """input_ids, attention_mask -> every decoder layer's cross-attention key/values
+    ``present.{i}.encoder.key|value`` [B, H, S, D]: what a sequence joining a running batch needs, so
+    its first token comes from the shared ``decoder_step`` call instead of a ``decoder`` call of its own."""
+
+    def forward(self, input_ids, attention_mask):
+        hidden = super().forward(input_ids, attention_mask)
+        out = []
+        for layer in self.model.model.decoder.layers:
+            c = layer.encoder_attn
+            out += [_heads(c.k_proj(hidden), self.heads), _heads(c.v_proj(hidden), self.heads)]
+        return tuple(out)
+
+
 class DecoderGraph(_GraphBase):
     """Full-prefix decoder step: logits for every position plus self and cross key/values."""
 
@@ -729,11 +743,12 @@ def _sample_batches(splits: Splits, n_rows: int, per_batch: int = 8) -> list[lis
 
 @torch.no_grad()
 def export_graphs(model, cfg: TranslatorConfig, splits: Splits) -> list[GraphExport]:
-    """Encoder, first-step decoder and with-past decoder, with held-out sample inputs for parity."""
+    """Encoder, first-step decoder, with-past decoder, and continuous batching's decoder_step and encoder_kv,
+    with held-out sample inputs for parity."""
     n = model.config.decoder_layers
     enc_graph, dec_graph, past_graph = EncoderGraph(model), DecoderGraph(model), DecoderWithPastGraph(model)
-    step_graph = DecoderStepGraph(model)
-    for g in (enc_graph, dec_graph, past_graph, step_graph):
+    step_graph, kv_graph = DecoderStepGraph(model), EncoderKVGraph(model)
+    for g in (enc_graph, dec_graph, past_graph, step_graph, kv_graph):
         g.eval()
     src, tgt = splits.state["test_ids"]
     enc_in, dec_in, past_in, step_in = [], [], [], []
@@ -763,6 +778,13 @@ def export_graphs(model, cfg: TranslatorConfig, splits: Splits) -> list[GraphExp
             role="encoder", module=enc_graph, input_names=["input_ids", "attention_mask"],
             output_names=["encoder_hidden_states"],
             dynamic_axes={"input_ids": src_axes, "attention_mask": src_axes, "encoder_hidden_states": src_axes},
+            sample_inputs=enc_in,
+        ),
+        GraphExport(
+            role="encoder_kv", module=kv_graph, input_names=["input_ids", "attention_mask"],
+            output_names=cross_present,
+            dynamic_axes={"input_ids": src_axes, "attention_mask": src_axes,
+                          **{k: {0: "batch", 2: "source"} for k in cross_present}},
             sample_inputs=enc_in,
         ),
         GraphExport(
