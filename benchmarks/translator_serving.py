@@ -7,7 +7,10 @@ For one translator version (its own test split, in order, one sentence per reque
    every step), the continuous engine (``modelkit.continuous``: ``decoder_step``, top-16 in the
    graph, cache in slots) decoding a static batch, and CTranslate2 ``translate_batch`` on the
    same weights (converted from the version's ``torch/`` folder). Generated tokens/s (EOS
-   excluded), best of ``--rounds`` interleaved rounds, and CTranslate2's token agreement.
+   excluded), best of ``--rounds`` interleaved rounds, and CTranslate2's token agreement. Then the
+   continuous engine under a closed loop (32 sentences always in flight, the service's join rule, no
+   HTTP): tokens/s and the share of time spent admitting, with the version's ``encoder_kv`` graph and
+   without it (the encoder and a first-step decoder call at admission), rounds interleaved.
 2. The real ``bentoml serve`` (one worker, the service's default thread count), driven by a raw
    asyncio HTTP/1.1 client, ``--clients`` closed-loop clients for ``--duration`` s each: sentences/s,
    generated tokens/s (each answered sentence counts the tokens the raw greedy decoder produced for
@@ -192,6 +195,86 @@ def raw_benchmark(version_dir: Path, manifest, sentences: list[Sentence], args) 
                   flush=True)
     shutil.rmtree(work, ignore_errors=True)
     return results
+
+
+# ---------------------------------------------------------------- the continuous engine under a closed loop
+
+
+@dataclass
+class Loop:
+    tokens_s: float = 0.0
+    sentences_s: float = 0.0
+    admit_share: float = 0.0  # of the loop's time: admitting (encoder_kv, or encoder + first-step decoder)
+    step_share: float = 0.0
+    rows: float = 0.0  # mean rows per decoder step
+    short_p50_ms: float = float("nan")
+
+
+def closed_loop(runtime, sentences: list[Sentence], *, encoder_kv: bool, in_flight: int, seconds: float) -> Loop:
+    """The service's decode loop without the service: ``in_flight`` sentences always queued or decoding (one
+    replaces each that ends), admitted by the scheduler's join rule (``DecodingSettings``), greedy."""
+    from modelkit.continuous import ContinuousDecoder, Sequence
+    from service.settings import DecodingSettings
+
+    rule = DecodingSettings()
+    rt = runtime
+    engine = ContinuousDecoder(rt.decoder.encoder, rt.decoder.decoder, rt.step_session, rt.spec,
+                               max_rows=rule.max_rows, encoder_kv=rt.encoder_kv_session if encoder_kv else None)
+    max_new, pick = rt.manifest.generation.max_new_tokens, iter(range(10**9))
+
+    def new() -> Sequence:
+        s = sentences[next(pick) % len(sentences)]
+        seq = Sequence(s.ids, 1, max_new)
+        seq.tag = (engine.steps, time.perf_counter(), s.words <= SHORT_WORDS)
+        return seq
+
+    queue, short, tokens, done = [new() for _ in range(in_flight)], [], 0, 0
+    admit_s = step_s = 0.0
+    steps = rows = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        ended = []
+        if queue and not (engine.rows and len(queue) < rule.join_min
+                          and engine.steps - queue[0].tag[0] < rule.join_wait_steps):
+            joining, queue = queue[:rule.max_join], queue[rule.max_join:]
+            a = time.perf_counter()
+            ended += engine.admit(joining)
+            admit_s += time.perf_counter() - a
+        if engine.rows:
+            steps, rows = steps + 1, rows + engine.rows
+            a = time.perf_counter()
+            ended += engine.step()
+            step_s += time.perf_counter() - a
+        now = time.perf_counter()
+        for seq in ended:
+            tokens += len(out_tokens(seq.result))
+            done += 1
+            if seq.tag[2]:
+                short.append(now - seq.tag[1])
+            queue.append(new())
+    elapsed = time.perf_counter() - t0
+    return Loop(tokens / elapsed, done / elapsed, admit_s / elapsed, step_s / elapsed, rows / max(steps, 1),
+                1000 * float(np.median(short)) if short else float("nan"))
+
+
+def loop_benchmark(version_dir: Path, manifest, sentences: list[Sentence], args) -> dict[str, Loop]:
+    """The closed loop with and without ``encoder_kv`` (rounds interleaved, best tokens/s of each), fp32."""
+    rt = create_runtime(manifest, version_dir, SessionSettings(provider=args.provider, variant="fp32",
+                                                               intra_op_threads=args.threads))
+    rt.load()
+    if rt.step_session is None:
+        return {}
+    labels = {"encoder_kv at admission": True} if rt.encoder_kv_session is not None else {}
+    labels["encoder + first-step decoder at admission"] = False
+    best: dict[str, Loop] = {}
+    closed_loop(rt, sentences, encoder_kv=False, in_flight=32, seconds=1.0)  # warm-up
+    for _ in range(args.rounds):
+        for label, kv in labels.items():
+            loop = closed_loop(rt, sentences, encoder_kv=kv, in_flight=32, seconds=args.loop_seconds)
+            if label not in best or loop.tokens_s > best[label].tokens_s:
+                best[label] = loop
+            print(f"  closed loop, {label}: {loop.tokens_s:,.0f} tokens/s, admission {loop.admit_share:.0%}", flush=True)
+    return best
 
 
 # ---------------------------------------------------------------- load generator
@@ -389,7 +472,7 @@ def provider_text(provider: str) -> str:
 
 
 def render(args, manifest, sentences, raw, runs, parity, beam, loads, provider: str | None = None,
-           plot_name: str | None = "translator_serving.png") -> str:
+           plot_name: str | None = "translator_serving.png", loops: dict[str, Loop] | None = None) -> str:
     variants = list(args.variants)
     main = "fp32" if "fp32" in variants else variants[0]  # the variant the acceptance and parity lines use
     ct2_run = not args.no_ct2
@@ -423,6 +506,14 @@ def render(args, manifest, sentences, raw, runs, parity, beam, loads, provider: 
         lines.append(f"| {name} | {cells} | {same} |")
     if not ct2_run:
         lines += ["", "CTranslate2 was not run (`--no-ct2`): no CTranslate2 row, and its ratios below are n/a."]
+    if loops:
+        lines += ["", f"### The continuous engine in-process under a closed loop (fp32, 32 sentences always in flight, "
+                  f"the service's join rule; best of {args.rounds} interleaved rounds of {args.loop_seconds:.0f} s)", "",
+                  "| admission | tokens/s | sentences/s | time admitting | time in decoder_step | rows per step | "
+                  "short p50 ms |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for label, lp in loops.items():
+            lines.append(f"| {label} | {lp.tokens_s:,.0f} | {lp.sentences_s:,.0f} | {lp.admit_share:.0%} | "
+                         f"{lp.step_share:.0%} | {lp.rows:.1f} | {lp.short_p50_ms:.1f} |")
     lines += ["", f"### Through the service (`bentoml serve`, 1 worker, {args.duration:.0f} s per level, one sentence "
               "per request)", "",
               "| decoding | clients | sentences/s | tokens/s | tokens/s (server metric) | p50 ms | p99 ms | short p50 ms "
@@ -491,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", default="1,4,16,32,64")
     ap.add_argument("--duration", type=float, default=15.0, help="seconds per client level")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--loop-seconds", type=float, default=5.0,
+                    help="seconds per round of the in-process closed loop (0: skip it)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-beam", action="store_true", help="skip the beam parity phase")
     ap.add_argument("--no-baseline", action="store_true", help="skip the request batcher runs")
@@ -533,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{','.join(args.variants)}, CTranslate2 {'not run' if args.no_ct2 else 'on'}", flush=True)
         loads.append(f"raw {os.getloadavg()[0]:.1f}")
         raw = raw_benchmark(vdir, manifest, sentences, args)
+        loops = loop_benchmark(vdir, manifest, sentences, args) if args.loop_seconds > 0 else {}
         runs: dict[str, list[Level]] = {}
         for variant in args.variants:
             loads.append(f"service {variant} {os.getloadavg()[0]:.1f}")
@@ -558,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
                                       for v in args.variants}
         plotted = plot(plot_path, runs, ct2) if plot_path else False
         text = render(args, manifest, sentences, raw, runs, parity, beam, ", ".join(loads), provider=provider,
-                      plot_name=plot_path.name if plotted else None)
+                      plot_name=plot_path.name if plotted else None, loops=loops)
         print(text)
         write_results(args.results, text, start, end)
     finally:

@@ -25,7 +25,7 @@ def test_translator_serving_bench_end_to_end(step_registry, tmp_path):  # noqa: 
     data_dir = Path(os.environ.get("SMOKE_DATA_DIR", tmp_path / "data"))
     rc = benchmark_module("translator_serving").main(["--registry", str(step_registry), "--model", "de-en", "--data-dir", str(data_dir),
                         "--sentences", "12", "--batch1-sentences", "3", "--clients", "1,4", "--duration", "1.5",
-                        "--rounds", "1", "--results", str(results), "--plot", str(png)])
+                        "--rounds", "1", "--loop-seconds", "0.5", "--results", str(results), "--plot", str(png)])
     assert rc == 0
     text = results.read_text()
     assert "kept text" in text and "<!-- translator_serving:start -->" in text and png.stat().st_size > 0
@@ -36,6 +36,9 @@ def test_translator_serving_bench_end_to_end(step_registry, tmp_path):  # noqa: 
         assert float(r[2].replace(",", "")) > 0 and r[8].strip() == "0", r  # sentences/s, no errors
     raw = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
     assert "CTranslate2" in raw and "continuous engine" in raw
+    for label in ("encoder_kv at admission", "encoder + first-step decoder at admission"):  # the closed loop
+        cells = raw[label].split("|")[1:-1]
+        assert float(cells[1].replace(",", "")) > 0 and 0 < float(cells[3].rstrip("% ")) < 100, cells
     parity = re.search(r"equal to the batch decoder's .*: (\d+)/(\d+)", text)
     assert parity and parity.group(1) == parity.group(2) and int(parity.group(2)) > 0
     assert re.search(r"beam \d through the service", text)

@@ -210,7 +210,7 @@ def run_model(
             metrics["int8"]["agreement_vs_fp32"] = agreement(evaluations["int8"].predictions, evaluations["fp32"].predictions)
         manifest.metrics = metrics
         manifest.reference_profile = family.reference_profile(evaluations["fp32"], splits)
-        plots = family.plots(evaluations["fp32"], splits, staging / "plots")
+        family.plots(evaluations["fp32"], splits, staging / "plots")
         manifest.gate = evaluate_gate(name, cfg.gate.criteria, metrics["fp32"], baselines, exported.parity)
         t = stage("evaluate", t)
         plot_files = sorted(p.relative_to(staging).as_posix() for p in (staging / "plots").glob("*.png"))

@@ -357,13 +357,16 @@ class _Run:
                 os.kill(os.getpid(), signal.SIGKILL)  # fault drill (tests): die as a preempted pod would
         bar.close()
 
+    def _stop_out_of_time(self, last_epoch: int) -> None:
+        self.say(f"  [{self.label}] time budget of {self.tc.max_minutes} min reached after epoch {last_epoch}", flush=True)
+        self.state.finished = True
+
     def end_epoch(self, seconds: float) -> dict | None:
         """Validate, keep the best weights, decide whether to stop; the epoch's log record (None when
         the time budget ran out before the epoch's first step: nothing new to validate or log)."""
         st, tc, monitor, epoch = self.state, self.tc, self.monitor, self.state.epoch
         if st.out_of_time and st.step_in_epoch == 0 and st.history:
-            self.say(f"  [{self.label}] time budget of {tc.max_minutes} min reached after epoch {epoch - 1}", flush=True)
-            st.finished = True
+            self._stop_out_of_time(epoch - 1)
             return None
         with self.ema.swapped_in(self.model) if self.ema is not None else contextlib.nullcontext():
             val = validate(self.family, self.model, self.cfg, self.splits, self.ctx)
@@ -392,8 +395,7 @@ class _Run:
                  f"{val[monitor]:.4f}{'  *best' if improved else ''}  ({record['seconds']:.0f} s)", flush=True)
         st.epoch, st.step_in_epoch, st.epoch_losses = epoch + 1, 0, []
         if st.out_of_time:
-            self.say(f"  [{self.label}] time budget of {tc.max_minutes} min reached after epoch {epoch}", flush=True)
-            st.finished = True
+            self._stop_out_of_time(epoch)
         elif st.bad_epochs >= tc.patience and epoch < tc.epochs:
             st.stopped_early = st.finished = True
             self.say(f"  [{self.label}] early stop: no validation improvement for {st.bad_epochs} epoch(s)", flush=True)

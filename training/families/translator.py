@@ -12,7 +12,6 @@ scores it with sacrebleu; the ONNX token ids are also compared with torch ``gene
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,6 @@ from torch import nn
 
 from modelkit.manifest import (
     DatasetInfo,
-    GateCriterion,
     GenerationConfig,
     Postprocessing,
     TranslationPreprocessing,
