@@ -213,14 +213,12 @@ class Loop:
 def closed_loop(runtime, sentences: list[Sentence], *, encoder_kv: bool, in_flight: int, seconds: float) -> Loop:
     """The service's decode loop without the service: ``in_flight`` sentences always queued or decoding (one
     replaces each that ends), admitted by the scheduler's join rule (``DecodingSettings``), greedy."""
-    from modelkit.continuous import ContinuousDecoder, Sequence
+    from modelkit.continuous import Sequence
     from service.settings import DecodingSettings
 
     rule = DecodingSettings()
-    rt = runtime
-    engine = ContinuousDecoder(rt.decoder.encoder, rt.decoder.decoder, rt.step_session, rt.spec,
-                               max_rows=rule.max_rows, encoder_kv=rt.encoder_kv_session if encoder_kv else None)
-    max_new, pick = rt.manifest.generation.max_new_tokens, iter(range(10**9))
+    engine = runtime.continuous_decoder(rule.max_rows, use_encoder_kv=encoder_kv)
+    max_new, pick = runtime.manifest.generation.max_new_tokens, iter(range(10**9))
 
     def new() -> Sequence:
         s = sentences[next(pick) % len(sentences)]

@@ -99,12 +99,13 @@ class TranslatorRuntime(Runtime):
         """Whether this version has the ``decoder_step`` graph continuous batching needs."""
         return self.step_session is not None
 
-    def continuous_decoder(self, max_rows: int = 64) -> ContinuousDecoder:
-        """A running batch over this version's sessions (``modelkit.continuous``); one per user thread."""
+    def continuous_decoder(self, max_rows: int = 64, *, use_encoder_kv: bool = True) -> ContinuousDecoder:
+        """A running batch over this version's sessions (``modelkit.continuous``); one per user thread.
+        ``use_encoder_kv=False`` admits as versions exported before that graph do (benchmarks compare the two)."""
         if self.step_session is None:
             raise ValueError(f"{self.manifest.name}/{self.manifest.version} has no decoder_step graph")
         return ContinuousDecoder(self.decoder.encoder, self.decoder.decoder, self.step_session, self.spec,
-                                 max_rows=max_rows, encoder_kv=self.encoder_kv_session)
+                                 max_rows=max_rows, encoder_kv=self.encoder_kv_session if use_encoder_kv else None)
 
     def generate_continuous(self, sources: list[list[int]], *, num_beams: int, max_new_tokens: int,
                             length_penalty: float = 1.0) -> list[Hypothesis]:
