@@ -232,8 +232,7 @@ def closed_loop(runtime, sentences: list[Sentence], *, encoder_kv: bool, in_flig
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         ended = []
-        if queue and not (engine.rows and len(queue) < rule.join_min
-                          and engine.steps - queue[0].tag[0] < rule.join_wait_steps):
+        if queue and not rule.join_waits(engine.rows, len(queue), engine.steps - queue[0].tag[0]):
             joining, queue = queue[:rule.max_join], queue[rule.max_join:]
             a = time.perf_counter()
             ended += engine.admit(joining)

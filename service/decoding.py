@@ -369,8 +369,8 @@ class DecodingScheduler:
         expired: list[Sequence] = []
         now = time.monotonic()
         rows = self.engine.rows
-        if rows and self._queue and len(self._queue) < self.settings.join_min and \
-                self.engine.steps - self._queue[0].tag.queued_step < self.settings.join_wait_steps:
+        if self._queue and self.settings.join_waits(rows, len(self._queue),
+                                                    self.engine.steps - self._queue[0].tag.queued_step):
             return joining, expired  # a few arrivals wait a step or two for company (see DecodingSettings)
         while self._queue and len(joining) < self.settings.max_join:
             s = self._queue[0]

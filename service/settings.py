@@ -52,6 +52,10 @@ class DecodingSettings(BaseModel):
                           "costly as a decoder step (32 in-process clients, de-en quick: 9-12% more sentences/s)")
     join_wait_steps: int = Field(2, ge=0, description="decoder steps a text may wait for join_min (0: join at once)")
 
+    def join_waits(self, running_rows: int, queued: int, oldest_waited_steps: int) -> bool:
+        """Whether the ``queued`` texts wait another decoder step for company (join_min / join_wait_steps)."""
+        return bool(running_rows) and queued < self.join_min and oldest_waited_steps < self.join_wait_steps
+
 
 class RolloutSettings(BaseModel):
     """A candidate version served beside the primary (canary: routed a share; shadow: mirrored a share)."""

@@ -54,9 +54,11 @@ class TranslatorRuntime(Runtime):
         self.decoder = Seq2SeqDecoder(sessions["encoder"], sessions["decoder"], sessions["decoder_with_past"], self.spec)
 
     def _optional_session(self, role: str):
-        if not any(g.role == role and g.variant == self.variant for g in self.manifest.graphs):
+        try:
+            graph = self.manifest.graph(role, self.variant)
+        except KeyError:
             return None
-        session, _ = open_session(self.version_dir / self.manifest.graph(role, self.variant).path, self.settings)
+        session, _ = open_session(self.version_dir / graph.path, self.settings)
         return session
 
     # ------------------------------------------------------------------ input checks
