@@ -413,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--multi-items", type=int, default=8, help="items per request in the extra 32-client run (1: skip)")
     ap.add_argument("--client", default="wrk", choices=sorted(LOAD_GENERATORS), help="load generator (JSON door)")
     ap.add_argument("--doors", default=",".join(DOORS), help=f"doors to drive, json first ({', '.join(DOORS)})")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="load runs per door, the doors interleaved in each round; tables show the median round")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--note", default="", help="a line about the models (how they were made) for the header")
     ap.add_argument("--baseline", action="store_true",
@@ -425,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
            "SERVICE_VARIANT": "fp32", "SERVICE_DEFAULT_BATCH__MAX_BATCH_SIZE": str(args.max_batch),
            "SERVICE_DEFAULT_BATCH__MAX_WAIT_MS": str(args.max_wait_ms),
            "SERVICE_MODELS": json.dumps(args.models.split(","))}
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1 (got {args.rounds})")
     doors = [d for d in args.doors.split(",") if d]
     unknown = set(doors) - set(DOORS)
     if unknown or "json" not in doors:
@@ -453,11 +457,18 @@ def main(argv: list[str] | None = None) -> int:
             server.wait_ready()
             provider = json.loads(_get(f"{server.url}/models"))["models"][0]["provider"]
             for name in args.models.split(","):
+                reqs = {door: door_request(door, server, name, tasks[name], raw_items[name], items[name], args.client)
+                        for door in doors}
+                runs: dict[str, list[tuple[Load, Load]]] = {door: [] for door in doors}
+                for r in range(args.rounds):  # doors interleaved: the machine's drift lands on all of them
+                    for door in doors:
+                        print(f"[{name}] round {r + 1}/{args.rounds}, {door} door: warm-up, 1 client, 32 clients ...",
+                              flush=True)
+                        runs[door].append(load_runs(server, reqs[door], tmpdir / f"{name}-{door}.body", args))
                 for door in doors:
-                    print(f"[{name}] service, {door} door: warm-up, 1 client, 32 clients ...", flush=True)
-                    req = door_request(door, server, name, tasks[name], raw_items[name], items[name], args.client)
-                    one, many = load_runs(server, req, tmpdir / f"{name}-{door}.body", args)
-                    door_rows.append((name, door, raws[name], one, many))
+                    one = median_run([o for o, _ in runs[door]], key=lambda load: load.p50_ms)
+                    many = median_run([m for _, m in runs[door]], key=lambda load: load.items_s)
+                    door_rows.append((name, door, raws[name], one, many, [m.items_s for _, m in runs[door]]))
                     if door == "json":
                         rows.append((name, raws[name], one, many))
                 if args.multi_items > 1:
@@ -512,7 +523,9 @@ def main(argv: list[str] | None = None) -> int:
         f"- settings: provider {provider}, fp32, {args.workers} worker(s), {threads} intra-op thread(s) per session "
         f"(raw runs use the same), max batch {args.max_batch}, max wait {args.max_wait_ms} ms; "
         f"load generator {args.client} with one item per request; {args.requests_1} requests at 1 client, "
-        f"{args.requests_32} at 32 clients\n"
+        f"{args.requests_32} at 32 clients; {args.rounds} round(s) per door, the doors interleaved within each, "
+        "each cell from the median round (32 clients: by items/s, its p50, p99 and CPU from that same run; "
+        "1 client: by p50)\n"
         f"- models: {', '.join(f'{n} {v}' for n, v in model_versions.items())} (registry {args.registry})"
         f"{'; ' + args.note if args.note else ''}\n"
         f"- measured {time.strftime('%Y-%m-%d %H:%M %Z')}; the load generator shares the machine's cores "
@@ -536,6 +549,11 @@ def _get(url: str) -> str:
 
     with urllib.request.urlopen(url, timeout=10) as r:
         return r.read().decode()
+
+
+def median_run(loads: list[Load], key) -> Load:
+    """The run with the median ``key`` (of an even count, the lower middle one)."""
+    return sorted(loads, key=key)[(len(loads) - 1) // 2]
 
 
 def load_runs(server: "Server", req: DoorRequest, body_file: Path, args) -> tuple[Load, Load]:
@@ -573,17 +591,18 @@ def render_doors(rows) -> str:
     lines = [
         "| model | door | 1 client p50 ms | 1 client p99 ms | 32 clients items/s | vs raw b32 | vs JSON door "
         "| 32 clients p50 ms | 32 clients p99 ms | errors | service CPU ms/item (32c) | vs raw CPU/item "
-        "| client CPU ms/request (32c) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| client CPU ms/request (32c) | 32 clients items/s, each round |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    json_rate = {name: many.items_s for name, door, _, _, many in rows if door == "json"}
-    for name, door, raw, one, many in rows:
+    json_rate = {name: many.items_s for name, door, _, _, many, _ in rows if door == "json"}
+    for name, door, raw, one, many, rounds in rows:
         vs_json = f"{many.items_s / json_rate[name]:.2f}x" if json_rate.get(name) else "-"
         lines.append(
             f"| {name} | {door} | {one.p50_ms:.2f} | {one.p99_ms:.2f} | {many.items_s:,.0f} | "
             f"{many.items_s / raw.b32_items_s:.2f}x | {vs_json} | {many.p50_ms:.1f} | {many.p99_ms:.1f} | "
             f"{one.errors + many.errors} | {many.server_cpu_ms_per_item:.2f} | "
-            f"{many.server_cpu_ms_per_item / raw.cpu_ms_per_item:.2f}x | {many.client_cpu_ms_per_request:.3f} |"
+            f"{many.server_cpu_ms_per_item / raw.cpu_ms_per_item:.2f}x | {many.client_cpu_ms_per_request:.3f} | "
+            f"{' / '.join(f'{x:,.0f}' for x in rounds)} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -33,7 +33,7 @@ def test_service_bench_measures_raw_and_service_with_zero_errors(smoke_models, t
     results.write_text("# Benchmark results\n\nkept text\n")
     rc = benchmark_module("service_bench").main(["--registry", str(smoke_models), "--models", ",".join(models), "--client", client,
                         "--requests-1", "40", "--requests-32", "320", "--raw-iters", "20", "--multi-items", "4",
-                        "--timeout", "120", "--results", str(results)])
+                        "--timeout", "120", "--rounds", "2", "--results", str(results)])
     assert rc == 0
     text = results.read_text()
     assert "kept text" in text and f"load generator {client}" in text
@@ -50,12 +50,14 @@ def test_service_bench_measures_raw_and_service_with_zero_errors(smoke_models, t
     multi = re.findall(r"^\| (\S+) \| ([\d,]+) \| ([\d.]+)x \|", text, flags=re.M)
     assert {m[0] for m in multi} == set(models)
     doors = {(c[0], c[1]): c for c in (line.strip().strip("|").split("|") for line in text.splitlines())
-             if len(c) == 13 and c[1].strip() in ("json", "oip-rest", "oip-grpc")}
+             if len(c) == 14 and c[1].strip() in ("json", "oip-rest", "oip-grpc")}
     doors = {(k[0].strip(), k[1].strip()): [x.strip() for x in v] for k, v in doors.items()}
     assert set(doors) == {(m, d) for m in models for d in ("json", "oip-rest", "oip-grpc")}
     for cells in doors.values():
         assert float(cells[4].replace(",", "")) > 0 and cells[9] == "0", cells  # items/s, errors
         assert float(cells[10]) > 0  # server CPU per item
+        rounds = [float(x.replace(",", "")) for x in cells[13].split(" / ")]
+        assert len(rounds) == 2 and float(cells[4].replace(",", "")) == min(rounds), cells  # the lower middle of two
 
 
 def test_wrk_counts_non_200_answers_as_errors(smoke_models, tmp_path):  # noqa: F811
