@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 import tempfile
 import time
@@ -135,21 +136,25 @@ def with_probe(url: str, body: dict, headers: dict, seconds: float, flood) -> tu
     return records, probed
 
 
-def answered_within(metrics_text: str, endpoint: str, status: str, seconds: str = "0.1") -> tuple[float, float]:
-    """(answers with ``status`` at ``endpoint`` within ``seconds``, all of them), from the service's own
-    request-duration histogram: the time the service took, without the client's own delays."""
-    within = total = 0.0
+def latency_buckets(metrics_text: str, endpoint: str, status: str) -> dict[str, float]:
+    """Answers with ``status`` at ``endpoint`` by histogram bound (``le`` -> cumulative count, every door and
+    worker summed), from the service's own request-duration histogram."""
+    counts: dict[str, float] = {}
     for line in metrics_text.splitlines():
         if not line.startswith("modelserve_request_duration_seconds_bucket{"):
             continue
         if f'endpoint="{endpoint}"' not in line or f'status="{status}"' not in line:
             continue
-        value = float(line.rsplit(" ", 1)[1])
-        if f'le="{seconds}"' in line:
-            within += value
-        elif 'le="+Inf"' in line:
-            total += value
-    return within, total
+        le = re.search(r'[{,]le="([^"]*)"', line).group(1)
+        counts[le] = counts.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def answered_within(metrics_text: str, endpoint: str, status: str, seconds: str = "0.1") -> tuple[float, float]:
+    """(answers with ``status`` at ``endpoint`` within ``seconds``, all of them), from the service's own
+    request-duration histogram: the time the service took, without the client's own delays."""
+    counts = latency_buckets(metrics_text, endpoint, status)
+    return counts.get(seconds, 0.0), counts.get("+Inf", 0.0)
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -197,7 +197,9 @@ def test_overload_is_answered_at_once_with_retry_after_and_accepted_requests_mee
     assert probe["requests"] >= 5 and set(probe["status"]) <= {"200", "503", "504"}, probe
     assert probe["refused_without_retry_after"] == 0 and probe["client_errors"] == 0, probe
     refused = summary["status"]["503"] + probe["status"].get("503", 0)
-    assert total == refused and within >= 0.99 * total, (within, total, refused)
+    # on failure, where the slow refusals fell (cumulative counts by bound) says whether the service stalled
+    assert total == refused and within >= 0.99 * total, (within, total, refused,
+                                                         bench.latency_buckets(metrics, "/translate", "503"))
     # the client's own timings carry its CPU waits on this shared machine; the service's are what it controls
     assert accepted == summary["status"]["200"] + probe["status"].get("200", 0) + 1, (accepted, summary, probe)
     assert in_time >= 0.9 * accepted, (in_time, accepted)
