@@ -222,6 +222,33 @@ def test_multiprocess_workers_sum_and_gauges_have_no_pid(tmp_path):
     assert value("modelserve_requests_in_flight", endpoint="classify", protocol="json") == 0
 
 
+def test_few_values_are_binned_like_many_edges_and_non_finite_values_included():
+    """A call with few values (one bisect each) and one with many (numpy) give the same bins and missing counts
+    as the offline binning, for values on the edges, between them, beyond both ends and not finite."""
+    from monitoring.metrics import SCALAR_BINNING_MAX_VALUES
+
+    manifest = drift_manifest()
+    values = [0, 1, 1.0, 3, 5, 5.0, 7.5, 10, 19.999, 20, 25, -3, float("nan"), float("inf"), float("-inf"), None,
+              np.float32(5.0), np.int64(10)]
+    assert len(values) > SCALAR_BINNING_MAX_VALUES  # the one call below takes the numpy path
+    regs = {"few": CollectorRegistry(), "many": CollectorRegistry()}
+    few, many = ServiceMetrics(regs["few"]), ServiceMetrics(regs["many"])
+    for v in values:
+        few.observe_predictions("demo", "v1", manifest, [{"token_count": v}])
+    many.observe_predictions("demo", "v1", manifest, [{"token_count": v} for v in values])
+
+    finite = [float(v) for v in values if v is not None and np.isfinite(float(v))]
+    expected = np.bincount(profile.bin_indices(np.asarray(finite), [1, 5, 10, 20]), minlength=3).tolist()
+    assert expected == [5, 4, 5]  # the fixture itself: 5 and 10 open their bins, both ends are open
+    for reg in regs.values():
+        live = [reg.get_sample_value("modelserve_drift_bin_total", {"model": "demo", "version": "v1",
+                                                                    "feature": "token_count", "bin": f"{b:02d}"})
+                for b in range(3)]
+        assert live == expected
+        assert reg.get_sample_value("modelserve_drift_missing_values_total",
+                                    {"model": "demo", "version": "v1", "feature": "token_count"}) == 4
+
+
 def test_a_feature_constant_on_held_out_data_still_detects_drift():
     """E.g. an unknown-token rate of 0 on every held-out sentence: other live values must stand out."""
     hist = profile.numeric_histogram([0.0] * 200)
