@@ -27,6 +27,10 @@ from .runtimes.base import InputError
 
 FIELD = "image"
 _MODES = {1: "L", 3: "RGB"}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG = ("PNG",)
+# where PIL 13's Image.getexif finds an orientation (besides TIFF tags)
+_ORIENTATION_SOURCES = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
 
 
 def check_pixels(width: int, height: int, prep: ImagePreprocessing) -> None:
@@ -67,17 +71,26 @@ def decode_image(data: bytes, prep: ImagePreprocessing) -> Image.Image:
         with warnings.catch_warnings():
             # our own max_pixels check below replaces PIL's DecompressionBomb warning/error
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(bytes(data)))
+            # a PNG goes straight to PIL's PNG plugin instead of every plugin's test in turn (1.5 us of 11)
+            img = Image.open(io.BytesIO(bytes(data)), formats=_PNG if data[:8] == PNG_SIGNATURE else None)
     except (UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise InputError(f"not a supported image file ({e.__class__.__name__})", field=FIELD, status=415) from None
     width, height = img.size
     check_pixels(width, height, prep)
     try:
         img.load()
-        ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of an image that needs no turn
+        if _may_be_turned(img):
+            ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of an image that needs no turn
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise InputError(f"image data is corrupt or truncated: {e}", field=FIELD, status=422) from None
     return to_channels(img, prep.channels)
+
+
+def _may_be_turned(img: Image.Image) -> bool:
+    """Whether ``img`` holds anything PIL reads an orientation from (EXIF, XMP, TIFF tags; read once
+    loaded, as a PNG's trailing chunks are). ``exif_transpose`` on a plain 28x28 PNG costs ~7 us, a
+    quarter of decoding it, and the service decodes on its event loop."""
+    return hasattr(img, "tag_v2") or any(key in img.info for key in _ORIENTATION_SOURCES)
 
 
 def to_channels(img: Image.Image, channels: int) -> Image.Image:

@@ -81,10 +81,39 @@ def test_transparent_png_becomes_white():
     assert grey[0, 0] == 255 and grey[:12, :12].min() < 50
 
 
-def test_jpeg_and_exif_are_decoded():
+def test_jpeg_is_decoded():
     rgb = np.full((28, 28, 3), 200, dtype=np.uint8)
     out = image.decode_to_uint8(encode(rgb, "JPEG"), GREY)
     assert out.shape == (28, 28) and abs(int(out.mean()) - 200) <= 2
+
+
+def _turned(fmt: str, where: str) -> bytes:
+    """A 20x10 image (white left half) saved with orientation 6 (shown turned 90 degrees clockwise),
+    the tag in EXIF or in XMP."""
+    pixels = np.zeros((10, 20), dtype=np.uint8)
+    pixels[:, :10] = 255
+    img, buf = Image.fromarray(pixels, mode="L"), io.BytesIO()
+    if where == "exif":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        img.save(buf, fmt, exif=exif.tobytes())
+    else:
+        from PIL import PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>')
+        img.save(buf, fmt, pnginfo=info)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt, where", [("JPEG", "exif"), ("PNG", "exif"), ("PNG", "xmp")])
+def test_orientation_tags_turn_the_image(fmt, where):
+    img = image.decode_image(_turned(fmt, where), GREY)
+    assert img.size == (10, 20)  # width x height, turned
+    top, bottom = np.asarray(img)[:10].mean(), np.asarray(img)[10:].mean()
+    assert top > 200 and bottom < 50  # the white left half is now on top
+    plain = image.decode_image(encode(np.zeros((10, 20), dtype=np.uint8)), GREY)
+    assert plain.size == (20, 10)
 
 
 @pytest.mark.parametrize(
