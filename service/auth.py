@@ -41,6 +41,7 @@ from .errors import ServiceError
 SCOPES = ("infer", "admin")
 KEY_PREFIX = "msk_"
 REALM = 'Bearer realm="modelserve"'
+HEADERS_KEY = "modelserve.headers"  # scope key: the request headers as a dict (http_headers)
 
 
 class KeyEntry(BaseModel):
@@ -182,10 +183,13 @@ def check_model(model: str, identity: Identity | None = None) -> None:
 
 
 def http_headers(scope) -> dict[str, str]:
-    """An ASGI scope's headers as a dict with lower-case names (the first of repeated headers wins)."""
-    out: dict[str, str] = {}
-    for name, value in scope["headers"]:
-        out.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    """An ASGI scope's headers as a dict with lower-case names (the first of repeated headers wins); made
+    once per request and kept in the scope, for the front's checks and the doors alike."""
+    out = scope.get(HEADERS_KEY)
+    if out is None:
+        out = scope[HEADERS_KEY] = {}
+        for name, value in scope["headers"]:
+            out.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
     return out
 
 

@@ -117,3 +117,36 @@ def test_inputs_become_items(manifests):
         spec_for("image-classification").items_from_tensors(mf, {"image": pixels,
                                                                  "image_bytes": np.array([b"x"], dtype=object)})
     assert err.value.field == "inputs"
+
+
+def test_rest_codec_round_trips_bytes_tensors_of_any_shape(manifests):
+    """The binary extension's BYTES tensors, [N] and [N, 1], decoded to the same items and encoded back."""
+    from service.doors.oip_codec import decode_rest_request, deserialize_bytes, encode_rest_response, serialize_bytes
+
+    values = [b"one", b"", "zwölf".encode()]
+    raw = serialize_bytes(np.array(values, dtype=object))
+    assert deserialize_bytes(raw, 3, "text") == values
+    spec, mf = spec_for("text-classification"), manifests["text-classification"]
+    for shape in ([3], [3, 1]):
+        head = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": shape,
+                                       "parameters": {"binary_data_size": len(raw)}}]}).encode()
+        req = decode_rest_request(head + raw, len(head))
+        assert req.inputs["text"].shape == tuple(shape) and req.inputs["text"].dtype == object
+        assert spec.items_from_tensors(mf, req.inputs)[0] == ["one", "", "zwölf"]
+    body, length = encode_rest_response({"model_name": "m"}, [("label", "BYTES", np.array(values, dtype=object), True)])
+    assert json.loads(body[:length])["outputs"][0]["parameters"]["binary_data_size"] == len(raw)
+    assert body[length:] == raw
+
+
+@pytest.mark.parametrize("tensor, field", [
+    ({"shape": [True], "data": ["a"]}, "text.shape"), ({"shape": [-1], "data": ["a"]}, "text.shape"),
+    ({"shape": "1", "data": ["a"]}, "text.shape"),
+    ({"shape": [1], "parameters": {"binary_data_size": True}}, "text.parameters.binary_data_size"),
+])
+def test_rest_codec_refuses_bool_and_negative_sizes(tensor, field):
+    from service.doors.oip_codec import decode_rest_request
+
+    head = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", **tensor}]}).encode()
+    with pytest.raises(ServiceError) as err:
+        decode_rest_request(head + b"\x01\x00\x00\x00a", len(head))
+    assert err.value.status == 422 and err.value.field == field

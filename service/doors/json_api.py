@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import dataplane, streaming
+from .. import auth, dataplane, streaming
 from ..errors import ServiceError
 from ..schemas import ClassifyRequest, ImageJsonRequest, ModelInfo, TranslateRequest
 from ..tasks import endpoint_tasks
@@ -59,7 +59,7 @@ async def parse(request: Request, model_cls: type[BodyT]) -> BodyT:
 async def _run(worker: Worker, request: Request, endpoint: str, name: str, items: list, body: Any) -> Response:
     request.state.model = name
     route = worker.route_for(name, ENDPOINT_TASKS[endpoint], endpoint, version=body.version,
-                             request_id=request.headers.get(REQUEST_ID_HEADER))
+                             request_id=auth.http_headers(request.scope).get(REQUEST_ID_HEADER))
     model = route.model
     spec = model.spec
     given = {o.name: getattr(body, o.name, None) for o in spec.options}
@@ -86,7 +86,7 @@ async def _translate_stream(worker: Worker, request: Request, body: TranslateReq
     """Server-sent events: ``piece`` per new piece of an item's text, then ``result`` (or ``error``)."""
     request.state.model = body.model
     route = worker.route_for(body.model, ENDPOINT_TASKS["/translate"], "/translate", version=body.version,
-                             request_id=request.headers.get(REQUEST_ID_HEADER))
+                             request_id=auth.http_headers(request.scope).get(REQUEST_ID_HEADER))
     model, spec = route.model, route.model.spec
     given = {o.name: getattr(body, o.name, None) for o in spec.options}
     events, options = await streaming.open_translation(worker, route, body.texts, given, field=spec.items_field)
@@ -101,7 +101,7 @@ async def _translate_stream(worker: Worker, request: Request, body: TranslateReq
 
 
 async def classify_image(worker: Worker, request: Request) -> Response:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = auth.http_headers(request.scope).get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         body = await _read_multipart(worker, request)
     else:

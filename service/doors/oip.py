@@ -59,7 +59,7 @@ def model_metadata(model: ServedModel) -> dict[str, Any]:
 
 def items_from(model: ServedModel, inputs: Mapping[str, np.ndarray]) -> tuple[list[Any], str]:
     """The request's input tensors, checked against the task's, as runtime items (and their tensor's name)."""
-    declared = {t.name: t for t in model.spec.inputs}
+    declared = model.spec.input_tensors
     for name, arr in inputs.items():
         tensor = declared.get(name)
         if tensor is None:
@@ -80,7 +80,9 @@ def _datatype(arr: np.ndarray) -> str:
 
 def options_from(model: ServedModel, parameters: Mapping[str, Any]) -> dict[str, Any]:
     """The task's options from the request parameters; 422 naming a parameter nobody reads."""
-    names = {o.name for o in model.spec.options}
+    if not parameters:
+        return {}
+    names = model.spec.option_names
     unknown = set(parameters) - names - PROTOCOL_PARAMETERS
     if unknown:
         raise ServiceError(422, f"unknown request parameter {sorted(unknown)[0]!r} for model {model.name!r}",
@@ -91,21 +93,23 @@ def options_from(model: ServedModel, parameters: Mapping[str, Any]) -> dict[str,
 def outputs_for(model: ServedModel, results: Sequence[dict], requested: list[RequestedOutput] | None,
                 binary_default: bool) -> list[tuple[str, str, np.ndarray, bool]]:
     """(name, datatype, array, binary) for each requested output (every output when none is named)."""
-    declared = {t.name: t for t in model.spec.outputs}
-    wanted = requested if requested is not None else [RequestedOutput(name) for name in declared]
+    spec, manifest = model.spec, model.manifest
+    if requested is None:  # every output, as the request's binary_data_output says
+        return [(t.name, t.datatype, spec.output(t.name, results, manifest), binary_default) for t in spec.outputs]
+    declared = spec.output_tensors
     out = []
-    for req in wanted:
+    for req in requested:
         tensor = declared.get(req.name)
         if tensor is None:
             raise ServiceError(422, f"model {model.name!r} has no output {req.name!r}", field="outputs",
                                limit=sorted(declared))
-        arr = model.spec.output(req.name, results, model.manifest)
+        arr = spec.output(req.name, results, manifest)
         datatype = tensor.datatype
         if req.class_count:
-            if datatype != "FP32" or arr.ndim != 2 or arr.shape[1] != len(model.manifest.labels):
+            if datatype != "FP32" or arr.ndim != 2 or arr.shape[1] != len(manifest.labels):
                 raise ServiceError(422, f"output {req.name!r} does not hold per-label scores, so it cannot be "
                                    "classified", field=f"outputs.{req.name}.parameters.classification")
-            arr, datatype = classification_strings(arr, model.manifest.labels, req.class_count), "BYTES"
+            arr, datatype = classification_strings(arr, manifest.labels, req.class_count), "BYTES"
         out.append((req.name, datatype, arr, binary_default if req.binary is None else req.binary))
     return out
 
@@ -115,7 +119,7 @@ async def infer(worker: Worker, route: Route, request: InferRequest, *, inline: 
     """An OIP inference request through the dataplane; the output tensors to send back."""
     model = route.model
     if request.outputs is not None:  # an unknown output is refused before any work is done
-        known = {t.name for t in model.spec.outputs}
+        known = model.spec.output_tensors
         for req in request.outputs:
             if req.name not in known:
                 raise ServiceError(422, f"model {model.name!r} has no output {req.name!r}", field="outputs",

@@ -28,6 +28,7 @@ DTYPES: dict[str, np.dtype] = {
 }
 DATATYPES: dict[np.dtype, str] = {dt: name for name, dt in DTYPES.items()}  # numpy dtype -> OIP datatype
 _LEN = struct.Struct("<I")
+REQUEST_FIELDS = frozenset({"id", "parameters", "inputs", "outputs"})  # of a REST inference request body
 JSON_MAX_DEPTH = 200  # pydantic-core's (jiter's) fixed recursion limit, for both HTTP doors' JSON bodies
 
 
@@ -53,10 +54,13 @@ def _bad(message: str, field: str, limit: Any = None, status: int = 422) -> Serv
 
 
 def check_shape(name: str, shape: Any) -> list[int]:
-    if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                       for d in shape):
-        raise _bad(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}", f"{name}.shape")
-    return list(shape)
+    if isinstance(shape, (list, tuple)):
+        for d in shape:
+            if type(d) is not int or d < 0:  # type(): a bool is not a dimension
+                break
+        else:
+            return list(shape)
+    raise _bad(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}", f"{name}.shape")
 
 
 def dtype_of(name: str, datatype: Any) -> np.dtype:
@@ -71,7 +75,7 @@ def dtype_of(name: str, datatype: Any) -> np.dtype:
 def serialize_bytes(values: np.ndarray) -> bytes:
     """An object array of bytes -> length-prefixed elements (row-major)."""
     parts = []
-    for v in values.reshape(-1):
+    for v in values.ravel().tolist():  # tolist(): see tasks.base.bytes_items
         b = v if isinstance(v, (bytes, bytearray)) else str(v).encode("utf-8")
         parts.append(_LEN.pack(len(b)))
         parts.append(b)
@@ -101,14 +105,18 @@ def from_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview
     dtype = dtype_of(name, datatype)
     count = math.prod(shape)
     if datatype == "BYTES":
-        arr = np.empty(count, dtype=object)
-        arr[:] = deserialize_bytes(raw, count, name)
-        return arr.reshape(shape)
+        return object_array(deserialize_bytes(raw, count, name), shape)
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise _bad(f"input {name!r}: {len(raw)} bytes of data for shape {shape} of {datatype} "
                    f"({expected} expected)", name, expected)
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def object_array(values: list[bytes], shape: list[int]) -> np.ndarray:
+    """``values`` as an object array of ``shape`` (numpy takes bytes as scalars, never as sequences)."""
+    arr = np.array(values, dtype=object)
+    return arr if len(shape) == 1 else arr.reshape(shape)
 
 
 def to_raw(arr: np.ndarray, datatype: str) -> bytes:
@@ -125,12 +133,11 @@ def from_json_data(name: str, datatype: str, shape: list[int], data: Any) -> np.
     if len(flat) != count:
         raise _bad(f"input {name!r}: {len(flat)} elements for shape {shape} ({count} expected)", name, count)
     if datatype == "BYTES":
-        arr = np.empty(count, dtype=object)
         try:
-            arr[:] = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in flat]
+            values = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in flat]
         except (TypeError, ValueError):
             raise _bad(f"input {name!r}: BYTES elements must be strings in JSON", name, "string") from None
-        return arr.reshape(shape)
+        return object_array(values, shape)
     if any(isinstance(v, (str, list, dict)) or v is None for v in flat):
         raise _bad(f"input {name!r}: {datatype} elements must be numbers", name, datatype)
     try:
@@ -219,10 +226,9 @@ def decode_rest_request(body: bytes, header_length: int | None) -> InferRequest:
                    "body", JSON_MAX_DEPTH, status=400) from None
     if not isinstance(doc, dict):
         raise _bad("request body must be a JSON object", "body", status=400)
-    unknown = set(doc) - {"id", "parameters", "inputs", "outputs"}
-    if unknown:
-        raise _bad(f"unknown field {sorted(unknown)[0]!r} in the request", sorted(unknown)[0],
-                   ["id", "parameters", "inputs", "outputs"])
+    if not REQUEST_FIELDS.issuperset(doc):
+        unknown = sorted(set(doc) - REQUEST_FIELDS)[0]
+        raise _bad(f"unknown field {unknown!r} in the request", unknown, sorted(REQUEST_FIELDS))
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise _bad("parameters must be an object", "parameters", "object")
@@ -243,7 +249,7 @@ def decode_rest_request(body: bytes, header_length: int | None) -> InferRequest:
         tparams = t.get("parameters") or {}
         size = tparams.get("binary_data_size") if isinstance(tparams, dict) else None
         if size is not None:
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0 or pos + size > len(binary):
+            if type(size) is not int or size < 0 or pos + size > len(binary):  # type(): not a bool
                 raise _bad(f"input {name!r}: binary_data_size {size!r} does not fit the {len(binary) - pos} "
                            "bytes of binary data left", f"{name}.parameters.binary_data_size", len(binary) - pos)
             inputs[name] = from_raw(name, datatype, shape, binary[pos:pos + size])

@@ -58,7 +58,7 @@ async def _parse(worker: Worker, request: Request, name: str, version: str | Non
     route = worker.route_for(name, TASKS, endpoint, version=version,
                              request_id=str(request_id) if request_id is not None else request.headers.get("x-request-id"))
     spec = route.model.spec
-    allowed = {o.name for o in spec.options} | {"stream"}  # Triton clients send "stream"; the endpoint decides
+    allowed = spec.option_names | {"stream"}  # Triton clients send "stream"; the endpoint decides
     bad = sorted(set(params) - allowed)
     if bad:
         raise ServiceError(422, f"unknown parameter(s) {bad}; {name} takes {sorted(allowed)}", field=f"parameters.{bad[0]}",

@@ -30,7 +30,7 @@ from ..errors import ServiceError
 from ..guard import OPEN_GRPC, Guard
 from ..worker import Worker
 from . import oip
-from .oip_codec import InferRequest, RequestedOutput, check_shape, dtype_of, from_raw, to_raw
+from .oip_codec import InferRequest, RequestedOutput, check_shape, dtype_of, from_raw, object_array, to_raw
 
 log = logging.getLogger("service.grpc")
 
@@ -98,9 +98,7 @@ def _from_contents(t, shape: list[int]) -> np.ndarray:
         raise ServiceError(422, f"input {t.name!r}: {len(values)} elements for shape {shape} ({count} expected)",
                            field=t.name, limit=count)
     if t.datatype == "BYTES":
-        arr = np.empty(count, dtype=object)
-        arr[:] = values
-        return arr.reshape(shape)
+        return object_array(values, shape)
     try:
         return np.asarray(values, dtype=dtype_of(t.name, t.datatype)).reshape(shape)
     except (OverflowError, ValueError) as exc:

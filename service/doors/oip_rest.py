@@ -12,6 +12,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .. import auth
 from ..errors import ServiceError
 from ..worker import Worker
 from . import oip, oip_generate, repository
@@ -58,7 +59,8 @@ async def model_ready(worker: Worker, request: Request, name: str, version: str 
 async def infer(worker: Worker, request: Request, name: str, version: str | None = None) -> Response:
     request.state.model = name
     worker.model(name, version)  # 404 / 503 before the body is read
-    header = request.headers.get(HEADER_LENGTH)
+    headers = auth.http_headers(request.scope)
+    header = headers.get(HEADER_LENGTH)
     try:
         header_length = int(header) if header is not None else None
     except ValueError:
@@ -66,7 +68,7 @@ async def infer(worker: Worker, request: Request, name: str, version: str | None
                            field="Inference-Header-Content-Length") from None
     req = decode_rest_request(await request.body(), header_length)
     # resolved after the last await before the dataplane, so a version switch in between is seen
-    route = worker.route(name, version, req.id or request.headers.get(REQUEST_ID_HEADER))
+    route = worker.route(name, version, req.id or headers.get(REQUEST_ID_HEADER))
     model = route.model
     outputs = await oip.infer(worker, route, req)
     head = {"model_name": model.name, "model_version": model.version}

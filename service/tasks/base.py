@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
@@ -78,6 +79,20 @@ class TaskSpec:
     # runtime feature -> kind of modelserve_input_size (tokens, pixels, generated_tokens)
     size_features: ClassVar[Mapping[str, str]] = {}
 
+    @cached_property
+    def input_tensors(self) -> dict[str, Tensor]:
+        """``inputs`` by name."""
+        return {t.name: t for t in self.inputs}
+
+    @cached_property
+    def output_tensors(self) -> dict[str, Tensor]:
+        """``outputs`` by name."""
+        return {t.name: t for t in self.outputs}
+
+    @cached_property
+    def option_names(self) -> frozenset[str]:
+        return frozenset(o.name for o in self.options)
+
     def resolve_options(self, manifest: Manifest, given: Mapping[str, Any]) -> dict[str, Any]:
         """Every option with its value or default, checked against its bounds."""
         return {o.name: o.resolve(manifest, given.get(o.name)) for o in self.options}
@@ -118,7 +133,8 @@ def bytes_items(tensor: np.ndarray, name: str) -> list[bytes]:
     if tensor.ndim != 1:
         raise ServiceError(422, f"input {name!r} must have shape [N] or [N, 1], got {list(tensor.shape)}",
                            field=name, limit=[-1])
-    return list(tensor)
+    # tolist(), not list(): iterating an array ends in an IndexError that numpy formats (~5k instructions)
+    return tensor.tolist()
 
 
 def text_items(tensor: np.ndarray, name: str) -> list[str]:
@@ -135,11 +151,11 @@ def text_items(tensor: np.ndarray, name: str) -> list[str]:
 
 def as_bytes_tensor(values: Sequence[str]) -> np.ndarray:
     """str values -> an object array of UTF-8 bytes (how BYTES tensors are held here)."""
-    out = np.empty(len(values), dtype=object)
-    out[:] = [v.encode("utf-8") for v in values]
-    return out
+    return np.array([v.encode("utf-8") for v in values], dtype=object)  # bytes are scalars to numpy
 
 
 def score_matrix(results: Sequence[dict], manifest: Manifest) -> np.ndarray:
     """FP32 [N, C]: every label's score per item, in the manifest's label order."""
-    return np.asarray([list(r["scores"].values()) for r in results], dtype=np.float32).reshape(-1, len(manifest.labels))
+    if not results:
+        return np.zeros((0, len(manifest.labels)), dtype=np.float32)
+    return np.array([list(r["scores"].values()) for r in results], dtype=np.float32)
