@@ -111,7 +111,7 @@ class BeamSearch:
         hits = (top_tok == self.eos) | (cur_len + 1 >= self.max_new_tokens + 1)
         if self.improvable:
             cand = top_score / (cur_len**self.length_penalty)
-            for j in np.nonzero(hits[:k])[0]:
+            for j in np.nonzero(hits[:k])[0].tolist():  # tolist(): iterating an array ends in a formatted IndexError
                 worst = int(np.argmin(self.fin_score))
                 if cand[j] > self.fin_score[worst]:
                     self.fin_tokens[worst] = [*self.run_seq[top_beam[j]], int(top_tok[j])]
@@ -123,7 +123,7 @@ class BeamSearch:
         src_beam, new_tok = top_beam[nxt], top_tok[nxt]
         self.run_score = masked[nxt].astype(np.float32)
         self.sums = top_sum[nxt]
-        self.run_seq = [[*self.run_seq[b], int(t)] for b, t in zip(src_beam, new_tok)]
+        self.run_seq = [[*self.run_seq[b], t] for b, t in zip(src_beam.tolist(), new_tok.tolist())]
         self.step += 1
         best_running = self.run_score[0] / (cur_len**self.length_penalty)
         worst_fin = self.fin_score.min() if self.fin_done.all() else NEG_INF

@@ -225,8 +225,8 @@ class Seq2SeqDecoder:
             gen_len = cur_len  # tokens generated including this one (the start token is the prompt)
             cand = top_score / (gen_len**length_penalty)
             ok = hits & (np.arange(keep_k) < k)[None, :] & improvable[:, None]
-            for b in np.nonzero(ok.any(axis=1))[0]:
-                for j in np.nonzero(ok[b])[0]:
+            for b in np.nonzero(ok.any(axis=1))[0].tolist():  # tolist(): see continuous.BeamSearch.advance
+                for j in np.nonzero(ok[b])[0].tolist():
                     score = cand[b, j]
                     worst = int(np.argmin(fin_score[b]))
                     if score > fin_score[b, worst]:

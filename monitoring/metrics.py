@@ -156,7 +156,7 @@ def observe_many(child: Any, values: Sequence[float]) -> None:
     child._sum.inc(float(v.sum()))
     index = np.searchsorted(np.asarray(bounds), v, side="left")  # the first bound >= the value
     counts = np.bincount(index[index < len(bounds)], minlength=len(bounds))  # NaN: no bucket, like observe()
-    for i in np.flatnonzero(counts):
+    for i in np.flatnonzero(counts).tolist():  # tolist(): iterating an array ends in a formatted IndexError
         child._buckets[i].inc(int(counts[i]))
 
 
@@ -440,9 +440,9 @@ class ServiceMetrics:
                 finite = values[np.isfinite(values)]
                 missing += values.size - finite.size
                 counts = np.bincount(bin_indices(finite, spec["edges"]), minlength=spec["n"])
-                for b, c in enumerate(counts):
+                for b, c in enumerate(counts.tolist()):
                     if c:
-                        self._add(spec["children"][b], int(c))
+                        self._add(spec["children"][b], c)
             else:
                 for value in present:
                     self._add(spec["children"][spec["index"].get(str(value), OTHER_BIN)])
