@@ -92,19 +92,15 @@ def options_from(model: ServedModel, parameters: Mapping[str, Any]) -> dict[str,
 
 def outputs_for(model: ServedModel, results: Sequence[dict], requested: list[RequestedOutput] | None,
                 binary_default: bool) -> list[tuple[str, str, np.ndarray, bool]]:
-    """(name, datatype, array, binary) for each requested output (every output when none is named)."""
+    """(name, datatype, array, binary) for each requested output (every output when none is named; the names
+    were checked by ``infer`` before any work was done)."""
     spec, manifest = model.spec, model.manifest
     if requested is None:  # every output, as the request's binary_data_output says
         return [(t.name, t.datatype, spec.output(t.name, results, manifest), binary_default) for t in spec.outputs]
-    declared = spec.output_tensors
     out = []
     for req in requested:
-        tensor = declared.get(req.name)
-        if tensor is None:
-            raise ServiceError(422, f"model {model.name!r} has no output {req.name!r}", field="outputs",
-                               limit=sorted(declared))
         arr = spec.output(req.name, results, manifest)
-        datatype = tensor.datatype
+        datatype = spec.output_tensors[req.name].datatype
         if req.class_count:
             if datatype != "FP32" or arr.ndim != 2 or arr.shape[1] != len(manifest.labels):
                 raise ServiceError(422, f"output {req.name!r} does not hold per-label scores, so it cannot be "

@@ -156,6 +156,4 @@ def as_bytes_tensor(values: Sequence[str]) -> np.ndarray:
 
 def score_matrix(results: Sequence[dict], manifest: Manifest) -> np.ndarray:
     """FP32 [N, C]: every label's score per item, in the manifest's label order."""
-    if not results:
-        return np.zeros((0, len(manifest.labels)), dtype=np.float32)
-    return np.array([list(r["scores"].values()) for r in results], dtype=np.float32)
+    return np.array([list(r["scores"].values()) for r in results], dtype=np.float32).reshape(-1, len(manifest.labels))
