@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -114,6 +116,78 @@ def test_orientation_tags_turn_the_image(fmt, where):
     assert top > 200 and bottom < 50  # the white left half is now on top
     plain = image.decode_image(encode(np.zeros((10, 20), dtype=np.uint8)), GREY)
     assert plain.size == (20, 10)
+    # the service's path (decode_pixels, resized to 28x28) turns it too: the PNG fast path steps aside
+    pixels, sent = image.decode_pixels(_turned(fmt, where), GREY)
+    assert sent == 200 and pixels[:12].mean() > 200 and pixels[16:].mean() < 50
+
+
+def _with_ihdr(png: bytes, width: int, height: int) -> bytes:
+    """``png`` with its header claiming another size (CRC made valid again)."""
+    body = b"IHDR" + struct.pack(">II", width, height) + png[24:29]
+    return png[:12] + body + struct.pack(">I", zlib.crc32(body)) + png[33:]
+
+
+def _plain_and_other_pngs():
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+    return [
+        (encode(grey), GREY, True),  # the fast path's case: an 8-bit greyscale PNG at the model's size
+        (encode(rng.integers(0, 256, (40, 30), dtype=np.uint8)), GREY, True),  # resized after decoding
+        (encode(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)), RGB, True),
+        (encode(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)), GREY, False),  # PIL's luminance
+        (encode(grey), RGB, False),
+        (encode(grey.astype(np.uint16) * 257), GREY, False),  # 16 bits per sample
+        (encode(rng.integers(0, 256, (28, 28, 4), dtype=np.uint8), mode="RGBA"), GREY, False),
+        (_saved(Image.fromarray(grey).convert("P")), GREY, False),  # palette
+    ]
+
+
+def _saved(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case", range(len(_plain_and_other_pngs())))
+def test_plain_pngs_skip_pil_and_give_its_pixels(case, monkeypatch):
+    data, prep, plain = _plain_and_other_pngs()[case]
+    img = image.decode_image(data, prep)
+    want = image.resize_uint8(img, prep.image_size), img.size[0] * img.size[1]
+
+    def no_pil(*args, **kwargs):
+        raise AssertionError("PIL was asked to open a plain PNG")
+
+    monkeypatch.setattr(image.Image, "open", no_pil)
+    if plain:
+        got = image.decode_pixels(data, prep)
+        assert np.array_equal(got[0], want[0]) and got[0].dtype == np.uint8 and got[1] == want[1]
+    else:  # anything else still goes through PIL
+        with pytest.raises(AssertionError, match="PIL was asked"):
+            image.decode_pixels(data, prep)
+
+
+@pytest.mark.parametrize("where", [60, 1000, -20])
+def test_damaged_png_is_refused_not_misread(where):
+    """libspng as pyspng sets it up checks no CRC and no zlib checksum: a flipped byte in the pixels
+    would decode to wrong pixels; such a file goes to PIL, which refuses it (422)."""
+    data = bytearray(encode(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)))
+    data[where] ^= 0xFF
+    with pytest.raises(InputError, match="corrupt or truncated") as err:
+        image.decode_pixels(bytes(data), GREY)
+    assert err.value.status == 422 and err.value.field == "image"
+
+
+def test_fast_path_checks_the_header_size_first(monkeypatch):
+    data = encode(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))
+
+    # a header claiming 100k x 100k pixels is refused before anything is decompressed
+    monkeypatch.setattr(image.pyspng, "load", lambda *a: pytest.fail("decoded a file over max_pixels"))
+    with pytest.raises(InputError, match="100000x100000 = 10000000000 pixels") as err:
+        image.decode_pixels(_with_ihdr(data, 100_000, 100_000), GREY)
+    assert err.value.status == 413 and err.value.limit == GREY.max_pixels
+    with pytest.raises(InputError, match="no pixels") as err:
+        image.decode_pixels(_with_ihdr(data, 0, 64), GREY)
+    assert err.value.status == 422
 
 
 @pytest.mark.parametrize(
@@ -125,29 +199,32 @@ def test_orientation_tags_turn_the_image(fmt, where):
         ("a string", 422, "must be bytes"),
     ],
 )
-def test_bad_bytes(data, status, message):
+@pytest.mark.parametrize("decode", [image.decode_image, image.decode_pixels])
+def test_bad_bytes(data, status, message, decode):
     with pytest.raises(InputError, match=message) as err:
-        image.decode_image(data, GREY)
+        decode(data, GREY)
     assert err.value.field == "image" and err.value.status == status
 
 
-def test_truncated_image_is_422():
+@pytest.mark.parametrize("decode", [image.decode_image, image.decode_pixels])
+def test_truncated_image_is_422(decode):
     data = encode(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))
     with pytest.raises(InputError, match="corrupt or truncated") as err:
-        image.decode_image(data[: len(data) // 2], GREY)
+        decode(data[: len(data) // 2], GREY)
     assert err.value.status == 422
 
 
-def test_byte_and_pixel_limits_are_413_and_named():
+@pytest.mark.parametrize("decode", [image.decode_image, image.decode_pixels])
+def test_byte_and_pixel_limits_are_413_and_named(decode):
     data = encode(np.zeros((64, 64), dtype=np.uint8))
     small = GREY.model_copy(update={"max_bytes": len(data) - 1})
     with pytest.raises(InputError, match=f"limit is {len(data) - 1} bytes") as err:
-        image.decode_image(data, small)
+        decode(data, small)
     assert (err.value.status, err.value.limit, err.value.field) == (413, len(data) - 1, "image")
 
     few = GREY.model_copy(update={"max_pixels": 64 * 63})
     with pytest.raises(InputError, match="64x64 = 4096 pixels; the limit is 4032 pixels") as err:
-        image.decode_image(data, few)
+        decode(data, few)
     assert err.value.status == 413 and err.value.limit == 4032
     with pytest.raises(InputError, match="limit is 4032 pixels"):
         image.array_to_uint8(np.zeros((64, 64), dtype=np.uint8), few)

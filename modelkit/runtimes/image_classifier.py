@@ -55,8 +55,7 @@ class ImageClassifierRuntime(Runtime):
         if isinstance(item, ImageInput):
             return item
         if isinstance(item, (bytes, bytearray, memoryview)):
-            img = image.decode_image(item, self.prep)
-            return ImageInput(image.resize_uint8(img, self.prep.image_size), img.size[0] * img.size[1])
+            return ImageInput(*image.decode_pixels(item, self.prep))
         if isinstance(item, np.ndarray):
             return ImageInput(image.array_to_uint8(item, self.prep), int(item.shape[0] * item.shape[1]))
         raise InputError(
