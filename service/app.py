@@ -45,6 +45,17 @@ sys.setswitchinterval(SETTINGS.gil_switch_interval_ms / 1000.0)
 document_limits(SETTINGS.max_items_per_request)
 
 
+def use_event_loop(name: str) -> None:
+    """Make uvicorn's "auto" loop, the one BentoML's workers ask for, ``name`` (looked up when the worker's
+    server starts, after this module is imported)."""
+    from uvicorn import config
+
+    config.LOOP_FACTORIES["auto"] = config.LOOP_FACTORIES[name]
+
+
+use_event_loop(SETTINGS.event_loop)
+
+
 def _configure_logging() -> None:
     # BentoML configures its own loggers only; without a handler our INFO lines would vanish.
     logger = logging.getLogger("service")
@@ -101,13 +112,16 @@ class ModelService:
     @bentoml.on_startup
     async def start_background(self) -> None:
         """On the worker's event loop: the gRPC door and the registry watch."""
+        loop = asyncio.get_running_loop()
+        log.info("event loop: %s.%s (SERVICE_EVENT_LOOP=%s)", type(loop).__module__, type(loop).__name__,
+                 SETTINGS.event_loop)
         if SETTINGS.grpc:
             self.grpc_server = await oip_grpc.start_server(self.worker, self.guard, SETTINGS.grpc_host,
                                                            SETTINGS.grpc_port)
             self.guard.drain.on_stop(self.stop_grpc)
         self.worker.lifecycle.start()
         # after uvicorn installed its SIGTERM handler (before the app started): the drain wraps it
-        self.guard.drain.install(asyncio.get_running_loop())
+        self.guard.drain.install(loop)
 
     async def stop_grpc(self) -> None:
         """No new RPCs; running ones get the shutdown timeout (called by the drain, and at shutdown)."""

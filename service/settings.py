@@ -128,6 +128,15 @@ class ServiceSettings(BaseSettings):
         "1.06x the sentences/s at 32 clients and the classifiers 0.93x-1.16x, median 1.04x (benchmarks/RESULTS.md)",
     )
 
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "asyncio",
+        description="each worker's event loop. BentoML leaves uvicorn on 'auto' (uvloop where installed); "
+        "uvloop runs libuv without the GIL and takes it back for every callback, each time a chance for the "
+        "model thread to hold it first. On 2 cores the stdlib loop gave the fashion classifier 1.13x / 1.10x the "
+        "items/s (JSON / OIP REST; sentiment 1.01x / 1.05x) and the translator 1.08x the sentences/s at 32 "
+        "clients, servers side by side (benchmarks/RESULTS.md)",
+    )
+
     gc_thresholds: tuple[int, int, int] = Field(
         (20_000, 20, 50),
         description="gc.set_threshold after the models are loaded and frozen (gc.freeze); Python's default "

@@ -102,12 +102,22 @@ def test_pinned_version_is_served_instead_of_latest(smoke_models: Path, tmp_path
 
 
 def test_int8_variant_is_served_when_configured(smoke_models: Path, tmp_path):
-    with serve(smoke_models, tmp_path / "serve", env={"SERVICE_VARIANT": "int8"}) as server:
+    with serve(smoke_models, tmp_path / "serve", env={"SERVICE_VARIANT": "int8", "SERVICE_EVENT_LOOP": "uvloop"}
+               ) as server:
         with server.client() as c:
             models = c.get("/models").json()["models"]
             assert models and all(m["status"] == "ready" and m["variant"] == "int8" for m in models), models
             name = names_by_task(smoke_models)["text-classification"]
             assert c.post("/classify", json={"model": name, "texts": ["hello"]}).status_code == 200
+        assert "event loop: uvloop.Loop (SERVICE_EVENT_LOOP=uvloop)" in server.log()
+
+
+def test_workers_run_the_stdlib_event_loop_by_default(smoke_models: Path, tmp_path):
+    with serve(smoke_models, tmp_path / "serve") as server:
+        with server.client() as c:
+            name = names_by_task(smoke_models)["text-classification"]
+            assert c.post("/classify", json={"model": name, "texts": ["hello"]}).status_code == 200
+        assert "event loop: asyncio.unix_events._UnixSelectorEventLoop (SERVICE_EVENT_LOOP=asyncio)" in server.log()
 
 
 def test_forcing_cuda_without_a_gpu_fails_every_model_and_readiness(smoke_models: Path, tmp_path):
