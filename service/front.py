@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from . import auth, deadlines, telemetry
@@ -77,6 +77,26 @@ def limited(receive, limit: int):
         return message
 
     return receive_limited
+
+
+class DoorRequest(Request):
+    """Starlette's request with ``body()`` read straight from ``receive``. Starlette reads it through an
+    async generator, and asyncio registers every async generator a loop starts in a WeakSet (its shutdown
+    hook): ~5 us of the ~65 us a JSON request costs the event loop in-process (benchmarks/RESULTS.md)."""
+
+    async def body(self) -> bytes:
+        if not hasattr(self, "_body"):
+            chunks = []
+            while True:
+                message = await self._receive()
+                if message["type"] != "http.request":
+                    raise ClientDisconnect()
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            self._stream_consumed = True
+            self._body = b"".join(chunks)
+        return self._body
 
 
 class Front:
@@ -166,7 +186,7 @@ class Front:
         # a body that states its length was checked against the limit before reading (precheck); one that
         # does not (chunked) is counted as it arrives
         counted = scope["method"] == "POST" and not any(k == b"content-length" for k, _ in scope["headers"])
-        request = Request(scope, limited(receive, limit) if counted else receive)
+        request = DoorRequest(scope, limited(receive, limit) if counted else receive)
         try:
             if worker is None or guard is None:
                 raise ServiceError(503, "service is still loading models", kind="overload", retry_after=5)

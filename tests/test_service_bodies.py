@@ -119,3 +119,42 @@ def test_a_huge_string_is_refused_by_the_text_limit_naming_the_item(server, name
     text = names["text-classification"]
     resp = httpx.post(f"{server.url}/classify", json={"model": text, "texts": ["ok", "y" * 900_000]}, timeout=30)
     assert resp.status_code in (413, 422) and resp.json()["error"]["field"] == "texts[1]", resp.text[:300]
+
+
+def test_a_body_in_pieces_is_read_whole_and_a_disconnect_is_noticed():
+    """The doors' request reads the body straight from ``receive`` (service/front.py): every piece, once."""
+    import asyncio
+
+    from starlette.requests import ClientDisconnect
+
+    from service.front import DoorRequest
+
+    def receiver(messages):
+        it = iter(messages)
+
+        async def receive():
+            return next(it)
+
+        return receive
+
+    scope = {"type": "http", "method": "POST", "path": "/classify", "headers": [], "query_string": b""}
+    pieces = [{"type": "http.request", "body": b'{"a": ', "more_body": True},
+              {"type": "http.request", "body": b"", "more_body": True},
+              {"type": "http.request", "body": b"1}", "more_body": False}]
+    request = DoorRequest(scope, receiver(pieces))
+    assert asyncio.run(request.body()) == b'{"a": 1}'
+    assert asyncio.run(request.body()) == b'{"a": 1}'  # kept: a second read does not receive again
+    gone = DoorRequest(scope, receiver([pieces[0], {"type": "http.disconnect"}]))
+    with pytest.raises(ClientDisconnect):
+        asyncio.run(gone.body())
+
+
+def test_a_chunked_body_under_the_limit_is_answered(server, names):
+    name = names["text-classification"]
+    body = json.dumps({"model": name, "texts": ["a chunked upload", "in pieces"]}).encode()
+    with server.client() as c:
+        plain = c.post("/classify", content=body, headers={"content-type": "application/json"})
+        chunked = c.post("/classify", content=iter([body[:7], body[7:20], body[20:]]),
+                         headers={"content-type": "application/json"})
+    assert plain.status_code == chunked.status_code == 200, chunked.text
+    assert chunked.json()["results"] == plain.json()["results"]
