@@ -121,6 +121,9 @@ class DecodingScheduler:
         self._rate_busy = 0.0  # model-thread seconds and texts finished since the rate was last folded
         self._rate_count = 0
         self._running_texts = 0
+        self._reports: deque[_Report] = deque()  # iterations the event loop has not delivered yet
+        self._reports_lock = threading.Lock()
+        self._wake_pending = False  # a delivery is scheduled on the loop (guarded by _reports_lock)
         if warmup:
             self.engine.decode([self.runtime.validate("warm up")], num_beams=1, max_new_tokens=2)
             self.engine.decode([self.runtime.validate("warm up")], num_beams=2, max_new_tokens=2)
@@ -358,10 +361,29 @@ class DecodingScheduler:
                 report.failed = [(s, err) for s in failing]
             report.rows, report.texts, report.kv_bytes = engine.rows, len(engine.sequences), engine.cache.nbytes
             if self.loop is not None:
-                try:
-                    self.loop.call_soon_threadsafe(self._deliver, report)
-                except RuntimeError:  # the event loop closed (the server is stopping)
-                    pass
+                self._post(report)
+
+    def _post(self, report: _Report) -> None:
+        """Queue ``report`` for the event loop, waking it only when no delivery is pending: a wake is a write
+        to the loop's self-pipe, during which this thread lets go of the GIL and must then wait for it, once
+        per step; while the loop is busy, later steps' reports join the pending delivery."""
+        with self._reports_lock:
+            self._reports.append(report)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        try:
+            self.loop.call_soon_threadsafe(self._deliver_pending)
+        except RuntimeError:  # the event loop closed (the server is stopping)
+            pass
+
+    def _deliver_pending(self) -> None:
+        """On the event loop: the reports queued so far, in order (a later one schedules its own delivery)."""
+        with self._reports_lock:
+            reports, self._reports = self._reports, deque()
+            self._wake_pending = False
+        for report in reports:
+            self._deliver(report)
 
     def _take(self) -> tuple[list[Sequence], list[Sequence]]:
         """Queued texts that fit the running batch now, first come first served (under the lock)."""
