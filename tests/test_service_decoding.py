@@ -281,3 +281,31 @@ def test_every_joined_text_records_its_first_token_after_its_queue_wait(served, 
         assert [r["translation"] for r in got] == expected(model, texts, beams, max_new)
     assert len(joins) == sum(len(t) for t, _, _ in calls)
     assert all(0 <= wait <= ttft for wait, ttft in joins)
+
+
+def test_reports_reach_the_loop_in_order_with_one_wake_while_one_is_pending():
+    """The model thread wakes the event loop once per pending delivery; reports posted meanwhile ride along."""
+    import threading
+    from collections import deque
+
+    class Loop:
+        def __init__(self):
+            self.callbacks = []
+
+        def call_soon_threadsafe(self, fn):
+            self.callbacks.append(fn)
+
+    scheduler = DecodingScheduler.__new__(DecodingScheduler)  # the hand-off alone, no model
+    scheduler.loop = Loop()
+    scheduler._reports, scheduler._reports_lock, scheduler._wake_pending = deque(), threading.Lock(), False
+    delivered = []
+    scheduler._deliver = delivered.append
+    for report in ("step 1", "step 2", "step 3"):
+        scheduler._post(report)
+    assert len(scheduler.loop.callbacks) == 1 and delivered == []
+    scheduler.loop.callbacks.pop()()
+    assert delivered == ["step 1", "step 2", "step 3"]
+    scheduler._post("step 4")  # nothing pending any more: a new wake
+    assert len(scheduler.loop.callbacks) == 1
+    scheduler.loop.callbacks.pop()()
+    assert delivered == ["step 1", "step 2", "step 3", "step 4"]
