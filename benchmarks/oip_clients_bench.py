@@ -1,4 +1,5 @@
-"""The Open Inference Protocol doors driven by tritonclient's own clients (HTTP and gRPC, asyncio).
+"""The Open Inference Protocol doors driven by tritonclient's own clients (HTTP and gRPC, asyncio),
+beside the task JSON API driven by an httpx asyncio client: the same Python load on all three doors.
 
 Triton's perf_analyzer cannot be installed here (PyPI's ``perf-analyzer`` is a placeholder), so
 this is the load a Python team using ``tritonclient`` puts on the service: ``tritonclient.http.aio``
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from service_bench import Server, machine, oip_input, sample_item, versions, write_results  # noqa: E402
+from service_bench import ENDPOINTS, Server, machine, oip_input, sample_item, versions, write_results  # noqa: E402
 
 from modelkit.registry import load_version  # noqa: E402
 
@@ -38,15 +39,37 @@ SECTION_START = "<!-- oip_clients_bench:start -->"
 SECTION_END = "<!-- oip_clients_bench:end -->"
 
 
-async def drive(door: str, address: str, name: str, task: str, item, clients: int, requests: int) -> dict:
-    """``requests`` inferences from ``clients`` concurrent callers; latency per request, errors, CPU."""
+def door_client(door: str, address: str, name: str, task: str, item, body: dict):
+    """(infer, close) for one door: ``await infer()`` sends one request and says whether it was answered."""
+    if door == "json":
+        import httpx
+
+        client = httpx.AsyncClient(base_url=f"http://{address}", timeout=60)
+        payload = json.dumps({"model": name, **body}).encode()
+        path, headers = ENDPOINTS.get(task, "/translate"), {"content-type": "application/json"}
+
+        async def infer() -> bool:
+            response = await client.post(path, content=payload, headers=headers)
+            return response.status_code == 200 and bool(response.json().get("results"))
+
+        return infer, client.aclose
     if door == "oip-rest":
         import tritonclient.http.aio as module
     else:
         import tritonclient.grpc.aio as module
-    client = module.InferenceServerClient(address)
+    triton = module.InferenceServerClient(address)
     tensor = oip_input(module, task, item)
     output = "translation" if task == "translation" else "label"
+
+    async def infer() -> bool:
+        return (await triton.infer(name, [tensor])).as_numpy(output) is not None
+
+    return infer, triton.close
+
+
+async def drive(door: str, address: str, name: str, task: str, item, body: dict, clients: int, requests: int) -> dict:
+    """``requests`` inferences from ``clients`` concurrent callers; latency per request, errors, CPU."""
+    infer, close = door_client(door, address, name, task, item, body)
     latencies: list[float] = []
     errors = 0
     remaining = requests
@@ -57,20 +80,19 @@ async def drive(door: str, address: str, name: str, task: str, item, clients: in
             remaining -= 1
             t0 = time.perf_counter()
             try:
-                result = await client.infer(name, [tensor])
-                if result.as_numpy(output) is None:
+                if not await infer():
                     errors += 1
             except Exception:
                 errors += 1
             latencies.append(time.perf_counter() - t0)
 
     try:
-        await client.infer(name, [tensor])  # connect and warm up
+        await infer()  # connect and warm up
         cpu0, t0 = time.process_time(), time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(clients)))
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     finally:
-        await client.close()
+        await close()
     lat = np.array(latencies)
     return {"door": door, "clients": clients, "requests": requests, "errors": errors,
             "items_s": (requests - errors) / elapsed, "p50_ms": 1000 * float(np.median(lat)),
@@ -98,13 +120,13 @@ def main(argv: list[str] | None = None) -> int:
             server.wait_ready()
             for name in names:
                 manifest, _ = load_version(args.registry, name)
-                item, _ = sample_item(manifest.task)
-                for door, address in (("oip-rest", server.url.removeprefix("http://")),
-                                      ("oip-grpc", server.grpc_address)):
+                item, body = sample_item(manifest.task)
+                http = server.url.removeprefix("http://")
+                for door, address in (("json", http), ("oip-rest", http), ("oip-grpc", server.grpc_address)):
                     for clients in (int(c) for c in args.clients.split(",")):
                         print(f"[{name}] {door}, {clients} client(s) ...", flush=True)
                         cpu0 = server.cpu_seconds()
-                        row = asyncio.run(drive(door, address, name, manifest.task, item, clients, args.requests))
+                        row = asyncio.run(drive(door, address, name, manifest.task, item, body, clients, args.requests))
                         row["server_cpu_ms"] = 1000 * (server.cpu_seconds() - cpu0) / args.requests
                         rows.append((name, manifest.version, row))
         finally:
@@ -117,10 +139,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | {r['server_cpu_ms']:.2f} | "
                   f"{r['client_cpu_ms']:.2f} |\n")
     header = (
-        "## OIP doors through tritonclient (benchmarks/oip_clients_bench.py)\n\n"
+        "## OIP doors through tritonclient, beside the JSON API (benchmarks/oip_clients_bench.py)\n\n"
         f"- machine: {machine()}\n- versions: {versions()}\n"
         f"- settings: provider cpu, fp32, {args.workers} worker(s), the service's default threads and batching; "
-        "tritonclient.http.aio (binary tensor data, its default) and tritonclient.grpc.aio in one Python process "
+        "tritonclient.http.aio (binary tensor data, its default), tritonclient.grpc.aio and, for the JSON API, "
+        "httpx.AsyncClient, in one Python process "
         f"on the same cores, one item per request, {args.requests} requests per run\n"
         f"- models: {', '.join(sorted({f'{n} {v}' for n, v, _ in rows}))} (registry {args.registry})\n"
         f"- measured {time.strftime('%Y-%m-%d %H:%M %Z')}; load average (1 min) {load_before[0]:.1f} before, "
