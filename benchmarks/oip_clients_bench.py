@@ -1,5 +1,6 @@
 """The Open Inference Protocol doors driven by tritonclient's own clients (HTTP and gRPC, asyncio),
-beside the task JSON API driven by an httpx asyncio client: the same Python load on all three doors.
+beside the task JSON API driven by aiohttp (what tritonclient.http.aio sends with): the same Python load on
+all three doors.
 
 Triton's perf_analyzer cannot be installed here (PyPI's ``perf-analyzer`` is a placeholder), so
 this is the load a Python team using ``tritonclient`` puts on the service: ``tritonclient.http.aio``
@@ -42,17 +43,17 @@ SECTION_END = "<!-- oip_clients_bench:end -->"
 def door_client(door: str, address: str, name: str, task: str, item, body: dict):
     """(infer, close) for one door: ``await infer()`` sends one request and says whether it was answered."""
     if door == "json":
-        import httpx
+        import aiohttp  # what tritonclient.http.aio sends with, so the three doors get the same client work
 
-        client = httpx.AsyncClient(base_url=f"http://{address}", timeout=60)
+        session = aiohttp.ClientSession(f"http://{address}", connector=aiohttp.TCPConnector(limit=100))
         payload = json.dumps({"model": name, **body}).encode()
         path, headers = ENDPOINTS.get(task, "/translate"), {"content-type": "application/json"}
 
         async def infer() -> bool:
-            response = await client.post(path, content=payload, headers=headers)
-            return response.status_code == 200 and bool(response.json().get("results"))
+            async with session.post(path, data=payload, headers=headers) as response:
+                return response.status == 200 and bool((await response.json()).get("results"))
 
-        return infer, client.aclose
+        return infer, session.close
     if door == "oip-rest":
         import tritonclient.http.aio as module
     else:
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- machine: {machine()}\n- versions: {versions()}\n"
         f"- settings: provider cpu, fp32, {args.workers} worker(s), the service's default threads and batching; "
         "tritonclient.http.aio (binary tensor data, its default), tritonclient.grpc.aio and, for the JSON API, "
-        "httpx.AsyncClient, in one Python process "
+        "aiohttp (tritonclient.http.aio's own HTTP client), in one Python process "
         f"on the same cores, one item per request, {args.requests} requests per run\n"
         f"- models: {', '.join(sorted({f'{n} {v}' for n, v, _ in rows}))} (registry {args.registry})\n"
         f"- measured {time.strftime('%Y-%m-%d %H:%M %Z')}; load average (1 min) {load_before[0]:.1f} before, "
