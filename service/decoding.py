@@ -121,9 +121,9 @@ class DecodingScheduler:
         self._rate_busy = 0.0  # model-thread seconds and texts finished since the rate was last folded
         self._rate_count = 0
         self._running_texts = 0
-        self._reports: deque[_Report] = deque()  # iterations the event loop has not delivered yet
+        # iterations the event loop has not delivered yet; while it is not empty a delivery is scheduled
+        self._reports: deque[_Report] = deque()
         self._reports_lock = threading.Lock()
-        self._wake_pending = False  # a delivery is scheduled on the loop (guarded by _reports_lock)
         if warmup:
             self.engine.decode([self.runtime.validate("warm up")], num_beams=1, max_new_tokens=2)
             self.engine.decode([self.runtime.validate("warm up")], num_beams=2, max_new_tokens=2)
@@ -368,10 +368,10 @@ class DecodingScheduler:
         to the loop's self-pipe, during which this thread lets go of the GIL and must then wait for it, once
         per step; while the loop is busy, later steps' reports join the pending delivery."""
         with self._reports_lock:
+            pending = bool(self._reports)
             self._reports.append(report)
-            if self._wake_pending:
-                return
-            self._wake_pending = True
+        if pending:
+            return
         try:
             self.loop.call_soon_threadsafe(self._deliver_pending)
         except RuntimeError:  # the event loop closed (the server is stopping)
@@ -381,7 +381,6 @@ class DecodingScheduler:
         """On the event loop: the reports queued so far, in order (a later one schedules its own delivery)."""
         with self._reports_lock:
             reports, self._reports = self._reports, deque()
-            self._wake_pending = False
         for report in reports:
             self._deliver(report)
 

@@ -297,7 +297,7 @@ def test_reports_reach_the_loop_in_order_with_one_wake_while_one_is_pending():
 
     scheduler = DecodingScheduler.__new__(DecodingScheduler)  # the hand-off alone, no model
     scheduler.loop = Loop()
-    scheduler._reports, scheduler._reports_lock, scheduler._wake_pending = deque(), threading.Lock(), False
+    scheduler._reports, scheduler._reports_lock = deque(), threading.Lock()
     delivered = []
     scheduler._deliver = delivered.append
     for report in ("step 1", "step 2", "step 3"):
