@@ -72,7 +72,7 @@ def decode_pixels(data: bytes, prep: ImagePreprocessing) -> tuple[np.ndarray, in
     data = _checked_bytes(data, prep)
     plain = _plain_png(data, prep)
     if plain is None:
-        img = decode_image(data, prep)
+        img = _pil_decode(data, prep)
         return resize_uint8(img, prep.image_size), img.size[0] * img.size[1]
     height, width = plain.shape[:2]
     return resize_array(plain, prep.image_size), width * height
@@ -137,7 +137,11 @@ def decode_image(data: bytes, prep: ImagePreprocessing) -> Image.Image:
     Raises InputError(field="image"): 413 over ``max_bytes`` or ``max_pixels``, 415 when the
     bytes are not an image PIL can read, 422 when the image is empty or truncated.
     """
-    data = _checked_bytes(data, prep)
+    return _pil_decode(_checked_bytes(data, prep), prep)
+
+
+def _pil_decode(data: bytes, prep: ImagePreprocessing) -> Image.Image:
+    """:func:`decode_image` for bytes already through :func:`_checked_bytes`."""
     try:
         with warnings.catch_warnings():
             # our own max_pixels check below replaces PIL's DecompressionBomb warning/error
