@@ -124,8 +124,11 @@ def test_drift_retrain_canary_promote_then_a_worse_candidate_is_rolled_back(smok
         assert [(r.action, r.from_version, r.to_version) for r in read_history(root, name)][-1] == ("promote", v1, v2)
 
         # 6. a second candidate, barely trained, shadowed: it answers no client, and disagrees too often
+        # its logits are nearly tied, so int8 rounding flips the argmax on ~1 input in 10 (CI saw 0.88 agreement
+        # against the 0.9 floor): the int8 parity floor is not what this step is about
         v3 = _train(root, name, tmp_path / "data", "--set", "train.seed=3", "--set", "train.epochs=1",
-                    "--set", "train.max_steps_per_epoch=1", "--set", "train.lr=1e-5")
+                    "--set", "train.max_steps_per_epoch=1", "--set", "train.lr=1e-5",
+                    "--set", "export.int8_min_agreement=0")
         resp = c.post(f"/v2/repository/models/{name}/load", headers=ADMIN,
                       json={"parameters": {"version": v3, "role": "candidate", "mode": "shadow", "share": 1.0}})
         assert resp.status_code == 200, resp.text
