@@ -41,6 +41,7 @@ PUBLIC_TITLE = "modelserve"
 PUBLIC_DESCRIPTION = ("Serves every model in the registry with onnxruntime: the task JSON API, and the Open Inference "
                       "Protocol v2 over HTTP (/v2) and gRPC (inference.GRPCInferenceService).")
 ADMIN_PREFIX = "/v2/repository/"  # the repository API: keys with the admin scope (when auth is on)
+ROUTES_KEPT = 4096  # door routes whose match a front keeps
 OPEN_ENDPOINTS = frozenset({"/v2/health/live", "/v2/health/ready"})  # door routes that are probes
 
 
@@ -84,6 +85,9 @@ class DoorRequest(Request):
     async generator, and asyncio registers every async generator a loop starts in a WeakSet (its shutdown
     hook): ~5 us of the ~65 us a JSON request costs the event loop in-process (benchmarks/RESULTS.md)."""
 
+    model_name: str | None = None  # the model a door found in the request, for the error count (not Starlette's
+    # ``request.state``: a State object per request)
+
     async def body(self) -> bytes:
         if not hasattr(self, "_body"):
             chunks = []
@@ -113,6 +117,9 @@ class Front:
         self._worker: Worker | None = None  # found once: a process serves one worker for its lifetime
         self._guard: Guard | None = None
         self._series: dict[tuple[str, str], object] = {}  # (protocol, endpoint) -> its request metrics
+        # (method, path) -> match() for the paths of door routes seen: a /v2 path is split and matched once, not
+        # per request (~1.5 us); bounded, as paths come from clients
+        self._routes: dict[tuple[str, str], tuple[str, str, Handler, dict[str, str]]] = {}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -125,7 +132,12 @@ class Front:
         scope[WORKER_KEY] = worker
         if guard is not None and guard.drain.draining:
             send = _closing(send)
-        found = match(scope["method"], scope["path"])
+        key = (scope["method"], scope["path"])
+        found = self._routes.get(key)
+        if found is None:
+            found = match(*key)
+            if found is not None and len(self._routes) < ROUTES_KEPT:
+                self._routes[key] = found
         if found is None:
             if scope["path"] == "/metrics":  # whoever answers the scrape (the app or BentoML) reads the files
                 telemetry.flush()
@@ -185,13 +197,13 @@ class Front:
         limit = worker.settings.max_request_bytes if worker is not None else 0
         # a body that states its length was checked against the limit before reading (precheck); one that
         # does not (chunked) is counted as it arrives
-        counted = scope["method"] == "POST" and not any(k == b"content-length" for k, _ in scope["headers"])
+        headers = auth.http_headers(scope)
+        counted = scope["method"] == "POST" and "content-length" not in headers
         request = DoorRequest(scope, limited(receive, limit) if counted else receive)
         try:
             if worker is None or guard is None:
                 raise ServiceError(503, "service is still loading models", kind="overload", retry_after=5)
             if endpoint not in OPEN_ENDPOINTS:
-                headers = auth.http_headers(scope)
                 guard.admit(headers, _client(scope), "admin" if endpoint.startswith(ADMIN_PREFIX) else "infer")
                 precheck(worker, scope, protocol, headers)
                 guard.deadlines.start(endpoint, deadlines.from_headers(headers))
@@ -207,7 +219,7 @@ class Front:
     @staticmethod
     def _error(request: Request, protocol: str, endpoint: str, err: ServiceError) -> Response:
         err.log(request.method, request.url.path)
-        telemetry.count_error(protocol, endpoint, getattr(request.state, "model", None), err.kind)
+        telemetry.count_error(protocol, endpoint, getattr(request, "model_name", None), err.kind)
         return DOORS[protocol](err)
 
 

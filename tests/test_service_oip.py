@@ -371,6 +371,11 @@ def test_malformed_rest_bodies(http, tasks):
         assert re.search(pattern, resp.json()["error"]), resp.text
     resp = http.post(url, content=b'{"inputs": []}', headers={"Inference-Header-Content-Length": "999"})
     assert resp.status_code == 400 and "Inference-Header-Content-Length" in resp.json()["error"]
+    # the model is looked at first: an unknown or failed one is the answer, whatever the body holds
+    for name, status, pattern in (("nope", 404, "unknown model 'nope'"), ("broken-checksum", 503, "failed to load")):
+        for body, headers in ((b'{"inputs": [', {}), (b"{}", {"Inference-Header-Content-Length": "x"})):
+            resp = http.post(f"/v2/models/{name}/infer", content=body, headers=headers)
+            assert resp.status_code == status and re.search(pattern, resp.json()["error"]), resp.text
 
 
 def test_non_utf8_text_is_422_naming_the_element(http, tasks):

@@ -57,7 +57,7 @@ async def parse(request: Request, model_cls: type[BodyT]) -> BodyT:
 
 
 async def _run(worker: Worker, request: Request, endpoint: str, name: str, items: list, body: Any) -> Response:
-    request.state.model = name
+    request.model_name = name
     route = worker.route_for(name, ENDPOINT_TASKS[endpoint], endpoint, version=body.version,
                              request_id=auth.http_headers(request.scope).get(REQUEST_ID_HEADER))
     model = route.model
@@ -84,7 +84,7 @@ async def translate(worker: Worker, request: Request) -> Response:
 
 async def _translate_stream(worker: Worker, request: Request, body: TranslateRequest) -> Response:
     """Server-sent events: ``piece`` per new piece of an item's text, then ``result`` (or ``error``)."""
-    request.state.model = body.model
+    request.model_name = body.model
     route = worker.route_for(body.model, ENDPOINT_TASKS["/translate"], "/translate", version=body.version,
                              request_id=auth.http_headers(request.scope).get(REQUEST_ID_HEADER))
     model, spec = route.model, route.model.spec

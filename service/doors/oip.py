@@ -68,10 +68,10 @@ def items_from(model: ServedModel, inputs: Mapping[str, np.ndarray]) -> tuple[li
         if _datatype(arr) != tensor.datatype:
             raise ServiceError(422, f"input {name!r} must be {tensor.datatype}, got {_datatype(arr)}",
                                field=name, limit=tensor.datatype)
-    if len(declared) == 1 and not inputs.keys() & declared.keys():
+    if len(declared) == 1 and not inputs:  # (every input given was checked to be declared)
         raise ServiceError(422, f"model {model.name!r} needs the input {next(iter(declared))!r}", field="inputs",
                            limit=sorted(declared))
-    return model.spec.items_from_tensors(model.manifest, dict(inputs))
+    return model.spec.items_from_tensors(model.manifest, inputs)
 
 
 def _datatype(arr: np.ndarray) -> str:

@@ -103,7 +103,7 @@ def deserialize_bytes(buf: bytes | memoryview, count: int, name: str) -> list[by
 def from_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview) -> np.ndarray:
     """A tensor from its raw bytes (binary extension, gRPC raw_input_contents)."""
     dtype = dtype_of(name, datatype)
-    count = math.prod(shape)
+    count = shape[0] if len(shape) == 1 else math.prod(shape)
     if datatype == "BYTES":
         return object_array(deserialize_bytes(raw, count, name), shape)
     expected = count * dtype.itemsize
@@ -245,7 +245,8 @@ def decode_rest_request(body: bytes, header_length: int | None) -> InferRequest:
             raise _bad(f"input {name!r} given twice", name)
         shape = check_shape(name, t.get("shape"))
         datatype = t.get("datatype")
-        dtype_of(name, datatype)
+        if datatype not in DTYPES:
+            dtype_of(name, datatype)  # the 422 naming it
         tparams = t.get("parameters") or {}
         size = tparams.get("binary_data_size") if isinstance(tparams, dict) else None
         if size is not None:
@@ -260,8 +261,10 @@ def decode_rest_request(body: bytes, header_length: int | None) -> InferRequest:
             raise _bad(f"input {name!r} has neither data nor parameters.binary_data_size", name)
     if pos != len(binary):
         raise _bad(f"{len(binary) - pos} bytes of binary data belong to no input", "body", status=400)
-    return InferRequest(inputs=inputs, parameters=params, outputs=requested_outputs(doc.get("outputs")),
-                        id=str(doc.get("id", "")))
+    outputs = doc.get("outputs")
+    request_id = doc.get("id")
+    return InferRequest(inputs, params, None if outputs is None else requested_outputs(outputs),
+                        "" if request_id is None else str(request_id))
 
 
 def encode_rest_response(header: Mapping[str, Any], outputs: Sequence[tuple[str, str, np.ndarray, bool]]

@@ -30,7 +30,7 @@ TASKS = ("translation",)
 
 
 async def _parse(worker: Worker, request: Request, name: str, version: str | None, endpoint: str):
-    request.state.model = name
+    request.model_name = name
     try:
         body = json.loads(await request.body())
     except ValueError as exc:

@@ -21,6 +21,8 @@ from .responses import RawResponse, json_response
 
 PROTOCOL = "oip-rest"
 HEADER_LENGTH = "inference-header-content-length"
+HEADER_LENGTH_RAW = HEADER_LENGTH.encode()
+BINARY = b"application/octet-stream"
 REQUEST_ID_HEADER = "x-request-id"
 
 
@@ -57,16 +59,14 @@ async def model_ready(worker: Worker, request: Request, name: str, version: str 
 
 
 async def infer(worker: Worker, request: Request, name: str, version: str | None = None) -> Response:
-    request.state.model = name
-    worker.model(name, version)  # 404 / 503 before the body is read
+    request.model_name = name
     headers = auth.http_headers(request.scope)
-    header = headers.get(HEADER_LENGTH)
+    body = await request.body()
     try:
-        header_length = int(header) if header is not None else None
-    except ValueError:
-        raise ServiceError(400, f"Inference-Header-Content-Length must be an integer, got {header[:20]!r}",
-                           field="Inference-Header-Content-Length") from None
-    req = decode_rest_request(await request.body(), header_length)
+        req = decode_rest_request(body, _header_length(headers.get(HEADER_LENGTH)))
+    except ServiceError:
+        worker.model(name, version)  # an unknown or unavailable model (404 / 503) comes before a malformed body
+        raise
     # resolved after the last await before the dataplane, so a version switch in between is seen
     route = worker.route(name, version, req.id or headers.get(REQUEST_ID_HEADER))
     model = route.model
@@ -74,10 +74,18 @@ async def infer(worker: Worker, request: Request, name: str, version: str | None
     head = {"model_name": model.name, "model_version": model.version}
     if req.id:
         head["id"] = req.id
-    body, length = encode_rest_response(head, outputs)
+    payload, length = encode_rest_response(head, outputs)
     if length is None:
-        return RawResponse(body)
-    return RawResponse(body, media_type=b"application/octet-stream", headers={"Inference-Header-Content-Length": str(length)})
+        return RawResponse(payload)
+    return RawResponse(payload, media_type=BINARY, raw_headers=[(HEADER_LENGTH_RAW, str(length).encode())])
+
+
+def _header_length(header: str | None) -> int | None:
+    try:
+        return int(header) if header is not None else None
+    except ValueError:
+        raise ServiceError(400, f"Inference-Header-Content-Length must be an integer, got {header[:20]!r}",
+                           field="Inference-Header-Content-Length") from None
 
 
 def route(method: str, path: str):

@@ -94,7 +94,7 @@ def _check_name(value: Any, field: str) -> None:
 async def load(worker: Worker, request: Request, name: str) -> Response:
     require_admin(worker, request)
     _check_name(name, "name")
-    request.state.model = name
+    request.model_name = name
     params = await _parameters(request, LOAD_PARAMETERS)
     role = params.get("role", "primary")
     if role not in ("primary", "candidate"):
@@ -117,7 +117,7 @@ async def load(worker: Worker, request: Request, name: str) -> Response:
 
 async def unload(worker: Worker, request: Request, name: str) -> Response:
     require_admin(worker, request)
-    request.state.model = name
+    request.model_name = name
     params = await _parameters(request, {"version"})
     if params.get("version") is not None:
         _check_name(params["version"], "parameters.version")

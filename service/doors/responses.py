@@ -20,13 +20,15 @@ class RawResponse(Response):
     """A complete body with its status, content type and extra headers."""
 
     def __init__(self, body: bytes, status_code: int = 200, media_type: bytes = JSON,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, raw_headers: list[tuple[bytes, bytes]] | None = None):
         self.status_code = status_code
         self.body = body
         self.background = None
         raw = [(b"content-type", media_type), (b"content-length", str(len(body)).encode())]
         if headers:
             raw.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
+        if raw_headers:  # already lower-case names and encoded values
+            raw.extend(raw_headers)
         self.raw_headers = raw
 
     async def __call__(self, scope, receive, send) -> None:
