@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .batcher import Traffic
+from .doors.oip_codec import RestHeaders
 from .errors import ServiceError
 from .lifecycle import Lifecycle, ModelEntry
 from .models import ServedModel
@@ -35,6 +36,7 @@ class Worker:
         self.lifecycle = Lifecycle(settings, models, traffic)
         self._background: set[asyncio.Task] = set()  # running tasks nobody awaits (shadow comparisons)
         self.shadow = ShadowSender(self, settings.shadow_wait_ms / 1000.0)
+        self.rest_headers = RestHeaders()  # the OIP REST door's checked binary-extension headers
 
     @classmethod
     def start(cls, settings: ServiceSettings) -> "Worker":

@@ -150,3 +150,48 @@ def test_rest_codec_refuses_bool_and_negative_sizes(tensor, field):
     with pytest.raises(ServiceError) as err:
         decode_rest_request(head + b"\x01\x00\x00\x00a", len(head))
     assert err.value.status == 422 and err.value.field == field
+
+
+@pytest.mark.parametrize("datatype", [["BYTES"], {"a": 1}, None, 5])
+def test_rest_codec_refuses_a_datatype_that_is_not_a_name(datatype):
+    from service.doors.oip_codec import decode_rest_request
+
+    head = json.dumps({"inputs": [{"name": "text", "datatype": datatype, "shape": [1], "data": ["a"]}]}).encode()
+    with pytest.raises(ServiceError) as err:  # a list or object once reached a dict lookup: a 500
+        decode_rest_request(head, None)
+    assert err.value.status == 422 and err.value.field == "text.datatype"
+
+
+def test_rest_headers_kept_once_checked_carry_nothing_of_one_request_into_the_next():
+    """A binary header seen before is not parsed again; each request still gets its own bytes, its own size
+    checks, and a header with JSON data (or past the capacity) is never kept."""
+    from service.doors.oip_codec import RestHeaders, decode_rest_request, serialize_bytes
+
+    headers = RestHeaders(capacity=2)
+
+    def body(texts: list[bytes], size: int | None = None, params: dict | None = None) -> tuple[bytes, int]:
+        raw = serialize_bytes(np.array(texts, dtype=object))
+        head = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)],
+                                       "parameters": {"binary_data_size": len(raw) if size is None else size}}],
+                           "parameters": params or {"binary_data_output": True}}).encode()
+        return head + raw, len(head)
+
+    first = decode_rest_request(*body([b"abc"]), headers)
+    second = decode_rest_request(*body([b"xyz"]), headers)  # same header bytes, other data
+    assert first.inputs["text"].tolist() == [b"abc"] and second.inputs["text"].tolist() == [b"xyz"]
+    assert first.parameters is second.parameters and len(headers._kept) == 1
+    with pytest.raises(TypeError):  # a kept header's parameters are shared, so they are read-only
+        second.parameters["binary_data_output"] = False
+    data, length = body([b"abc"], size=9)  # a kept-able header whose size passes the 7 bytes: refused every time
+    for _ in range(2):
+        with pytest.raises(ServiceError) as err:
+            decode_rest_request(data, length, headers)
+        assert err.value.status == 422 and "binary_data_size 9 does not fit the 7 bytes" in err.value.message
+    mixed = json.dumps({"inputs": [{"name": "a", "datatype": "INT32", "shape": [1], "data": [4]},
+                                   {"name": "b", "datatype": "INT32", "shape": [1],
+                                    "parameters": {"binary_data_size": 4}}]}).encode()
+    req = decode_rest_request(mixed + np.int32(9).tobytes(), len(mixed), headers)
+    assert req.inputs["a"].tolist() == [4] and req.inputs["b"].tolist() == [9]
+    assert len(headers._kept) == 2  # the size-9 header; not the one holding data
+    decode_rest_request(*body([b"a"], params={"timeout": 5}), headers)
+    assert len(headers._kept) == 2  # at capacity: parsed, not kept

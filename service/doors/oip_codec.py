@@ -11,6 +11,7 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,7 @@ class InferRequest:
     """One decoded inference request, whatever door it came through."""
 
     inputs: dict[str, np.ndarray]
-    parameters: dict[str, Any] = field(default_factory=dict)
+    parameters: Mapping[str, Any] = field(default_factory=dict)
     outputs: list[RequestedOutput] | None = None
     id: str = ""
 
@@ -64,7 +65,7 @@ def check_shape(name: str, shape: Any) -> list[int]:
 
 
 def dtype_of(name: str, datatype: Any) -> np.dtype:
-    if datatype not in DTYPES:
+    if not isinstance(datatype, str) or datatype not in DTYPES:  # a JSON list or object is not hashable
         raise _bad(f"input {name!r}: unknown datatype {datatype!r}", f"{name}.datatype", sorted(DTYPES))
     return DTYPES[datatype]
 
@@ -210,13 +211,57 @@ def classification_strings(scores: np.ndarray, labels: Sequence[str], k: int) ->
 # ---- the REST door's bodies ---------------------------------------------------------------------------
 
 
-def decode_rest_request(body: bytes, header_length: int | None) -> InferRequest:
-    """A REST inference body: JSON, or a JSON header of ``header_length`` bytes followed by binary tensors."""
-    if header_length is not None and not 0 < header_length <= len(body):
-        raise _bad(f"Inference-Header-Content-Length is {header_length}, the body has {len(body)} bytes",
-                   "Inference-Header-Content-Length", len(body), status=400)
-    head = body if header_length is None else body[:header_length]
-    binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
+@dataclass(frozen=True)
+class _TensorEntry:
+    """One input of a REST request's JSON: its binary data's size, or its array decoded from JSON ``data``."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    binary_size: int | None
+    array: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class RestHeader:
+    """A REST request's JSON, checked: what the binary data must hold and everything but the tensors' bytes."""
+
+    entries: tuple[_TensorEntry, ...]
+    parameters: Mapping[str, Any]
+    outputs: list[RequestedOutput] | None
+    id: str
+
+    @property
+    def all_binary(self) -> bool:
+        return all(e.array is None for e in self.entries)
+
+
+class RestHeaders:
+    """Checked binary-extension headers by their bytes, so a header seen before is not parsed again.
+
+    A client sends the same header for every request of the same shapes (``tritonclient`` and
+    ``perf_analyzer`` do; a text's header differs only by its byte count): parsing and checking it
+    took ~4 of the ~6 us decoding a one-text request took (benchmarks/RESULTS.md). Only headers
+    whose inputs are all binary are kept (nothing in them is per request), at most ``capacity``,
+    and a kept header's mappings are read-only.
+    """
+
+    def __init__(self, capacity: int = 4096):
+        self.capacity = capacity
+        self._kept: dict[bytes, RestHeader] = {}
+
+    def get(self, head: bytes) -> RestHeader:
+        found = self._kept.get(head)
+        if found is None:
+            found = parse_rest_header(head)
+            if found.all_binary and len(self._kept) < self.capacity:
+                found = self._kept[head] = RestHeader(found.entries, MappingProxyType(dict(found.parameters)),
+                                                      found.outputs, found.id)
+        return found
+
+
+def parse_rest_header(head: bytes) -> RestHeader:
+    """A REST request's JSON (all of a JSON body, or the header of a binary one), checked; 4xx naming the field."""
     try:
         # pydantic-core's parser: 4x json.loads here, and nesting is bounded (JSON_MAX_DEPTH levels) by the
         # parser itself instead of by Python's recursion limit
@@ -235,36 +280,60 @@ def decode_rest_request(body: bytes, header_length: int | None) -> InferRequest:
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise _bad("inputs must be a non-empty list of tensors", "inputs", 1)
-    inputs: dict[str, np.ndarray] = {}
-    pos = 0
+    entries: list[_TensorEntry] = []
     for i, t in enumerate(raw_inputs):
         if not isinstance(t, dict) or not isinstance(t.get("name"), str):
             raise _bad(f"inputs[{i}] must be an object with a name", f"inputs[{i}]")
         name = t["name"]
-        if name in inputs:
+        if any(e.name == name for e in entries):
             raise _bad(f"input {name!r} given twice", name)
         shape = check_shape(name, t.get("shape"))
         datatype = t.get("datatype")
-        if datatype not in DTYPES:
-            dtype_of(name, datatype)  # the 422 naming it
+        dtype_of(name, datatype)
         tparams = t.get("parameters") or {}
         size = tparams.get("binary_data_size") if isinstance(tparams, dict) else None
         if size is not None:
-            if type(size) is not int or size < 0 or pos + size > len(binary):  # type(): not a bool
-                raise _bad(f"input {name!r}: binary_data_size {size!r} does not fit the {len(binary) - pos} "
-                           "bytes of binary data left", f"{name}.parameters.binary_data_size", len(binary) - pos)
-            inputs[name] = from_raw(name, datatype, shape, binary[pos:pos + size])
-            pos += size
+            if type(size) is not int or size < 0:  # type(): not a bool
+                raise _bad(f"input {name!r}: binary_data_size must be a non-negative integer, got {size!r}",
+                           f"{name}.parameters.binary_data_size", 0)
+            entries.append(_TensorEntry(name, datatype, shape, size, None))
         elif "data" in t:
-            inputs[name] = from_json_data(name, datatype, shape, t["data"])
+            entries.append(_TensorEntry(name, datatype, shape, None, from_json_data(name, datatype, shape, t["data"])))
         else:
             raise _bad(f"input {name!r} has neither data nor parameters.binary_data_size", name)
-    if pos != len(binary):
-        raise _bad(f"{len(binary) - pos} bytes of binary data belong to no input", "body", status=400)
     outputs = doc.get("outputs")
     request_id = doc.get("id")
-    return InferRequest(inputs, params, None if outputs is None else requested_outputs(outputs),
-                        "" if request_id is None else str(request_id))
+    return RestHeader(tuple(entries), params, None if outputs is None else requested_outputs(outputs),
+                      "" if request_id is None else str(request_id))
+
+
+def decode_rest_request(body: bytes, header_length: int | None, headers: RestHeaders | None = None) -> InferRequest:
+    """A REST inference body: JSON, or a JSON header of ``header_length`` bytes followed by binary tensors
+    (``headers``: where checked headers are kept)."""
+    if header_length is None:
+        header, binary = parse_rest_header(body), memoryview(b"")
+    elif 0 < header_length <= len(body):
+        head = body[:header_length]
+        header = headers.get(head) if headers is not None else parse_rest_header(head)
+        binary = memoryview(body)[header_length:]
+    else:
+        raise _bad(f"Inference-Header-Content-Length is {header_length}, the body has {len(body)} bytes",
+                   "Inference-Header-Content-Length", len(body), status=400)
+    inputs: dict[str, np.ndarray] = {}
+    pos = 0
+    for e in header.entries:
+        size = e.binary_size
+        if size is None:
+            inputs[e.name] = e.array
+            continue
+        if pos + size > len(binary):
+            raise _bad(f"input {e.name!r}: binary_data_size {size} does not fit the {len(binary) - pos} bytes of "
+                       "binary data left", f"{e.name}.parameters.binary_data_size", len(binary) - pos)
+        inputs[e.name] = from_raw(e.name, e.datatype, e.shape, binary[pos:pos + size])
+        pos += size
+    if pos != len(binary):
+        raise _bad(f"{len(binary) - pos} bytes of binary data belong to no input", "body", status=400)
+    return InferRequest(inputs, header.parameters, header.outputs, header.id)
 
 
 def encode_rest_response(header: Mapping[str, Any], outputs: Sequence[tuple[str, str, np.ndarray, bool]]

@@ -63,7 +63,7 @@ async def infer(worker: Worker, request: Request, name: str, version: str | None
     headers = auth.http_headers(request.scope)
     body = await request.body()
     try:
-        req = decode_rest_request(body, _header_length(headers.get(HEADER_LENGTH)))
+        req = decode_rest_request(body, _header_length(headers.get(HEADER_LENGTH)), worker.rest_headers)
     except ServiceError:
         worker.model(name, version)  # an unknown or unavailable model (404 / 503) comes before a malformed body
         raise
