@@ -177,3 +177,22 @@ def test_request_profile_attributes_the_worker_cpu_per_request(smoke_models, tmp
     assert shares and abs(sum(shares) - 100) < 1.5, shares
     total = float(re.search(r"the worker, every thread\*\* \| \| \*\*([\d.]+)\*\*", text).group(1))
     assert 0 < total < 50, total  # ms of worker CPU per request
+
+
+def test_door_cost_measures_each_http_door_in_process(smoke_models, tmp_path):  # noqa: F811
+    """The in-process front: every door answered (no non-200), a CPU figure per round and door."""
+    import subprocess
+    import sys
+
+    name = names_by_task(smoke_models)["text-classification"]
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "door_cost.py"), "--registry", str(smoke_models),
+                          "--model", name, "--rounds", "2", "--requests", "64", "--clients", "8"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {r[0]: r for r in ([c.strip() for c in line.strip().strip("|").split("|")]
+                              for line in out.stdout.splitlines() if line.startswith("| oip") or line.startswith("| json"))}
+    assert set(rows) == {"json", "oip-rest"}, out.stdout
+    for door, (_, rounds, median, rate, failed) in rows.items():
+        assert len(rounds.split()) == 2 and float(median) > 0 and float(rate.replace(",", "")) > 0, rows
+        assert failed == "0", (door, rows)
