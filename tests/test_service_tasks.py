@@ -193,5 +193,13 @@ def test_rest_headers_kept_once_checked_carry_nothing_of_one_request_into_the_ne
     req = decode_rest_request(mixed + np.int32(9).tobytes(), len(mixed), headers)
     assert req.inputs["a"].tolist() == [4] and req.inputs["b"].tolist() == [9]
     assert len(headers._kept) == 2  # the size-9 header; not the one holding data
-    decode_rest_request(*body([b"a"], params={"timeout": 5}), headers)
-    assert len(headers._kept) == 2  # at capacity: parsed, not kept
+    with_id = json.dumps({"id": "r1", "inputs": [{"name": "b", "datatype": "INT32", "shape": [1],
+                                                  "parameters": {"binary_data_size": 4}}]}).encode()
+    assert decode_rest_request(with_id + np.int32(3).tobytes(), len(with_id), headers).id == "r1"
+    long_params = {"binary_data_output": True, "note": "x" * 2000}
+    decode_rest_request(*body([b"abc"], params=long_params), headers)
+    assert len(headers._kept) == 2  # one request's own id, or a header past max_header_bytes: not kept
+    newest = body([b"a"], params={"timeout": 5})
+    decode_rest_request(*newest, headers)
+    assert len(headers._kept) == 2 and newest[0][:newest[1]] in headers._kept  # at capacity: the oldest dropped
+    assert decode_rest_request(*body([b"again"]), headers).inputs["text"].tolist() == [b"again"]

@@ -241,20 +241,24 @@ class RestHeaders:
 
     A client sends the same header for every request of the same shapes (``tritonclient`` and
     ``perf_analyzer`` do; a text's header differs only by its byte count): parsing and checking it
-    took ~4 of the ~6 us decoding a one-text request took (benchmarks/RESULTS.md). Only headers
-    whose inputs are all binary are kept (nothing in them is per request), at most ``capacity``,
-    and a kept header's mappings are read-only.
+    took ~4 of the ~6 us decoding a one-text request took (benchmarks/RESULTS.md). Kept: headers of
+    at most ``max_header_bytes`` whose inputs are all binary and that carry no request id (nothing in
+    them is one request's own), at most ``capacity`` of them, the oldest dropped first; a kept
+    header's mappings are read-only.
     """
 
-    def __init__(self, capacity: int = 4096):
+    def __init__(self, capacity: int = 4096, max_header_bytes: int = 1024):
         self.capacity = capacity
+        self.max_header_bytes = max_header_bytes
         self._kept: dict[bytes, RestHeader] = {}
 
     def get(self, head: bytes) -> RestHeader:
         found = self._kept.get(head)
         if found is None:
             found = parse_rest_header(head)
-            if found.all_binary and len(self._kept) < self.capacity:
+            if found.all_binary and not found.id and len(head) <= self.max_header_bytes:
+                if len(self._kept) >= self.capacity:
+                    del self._kept[next(iter(self._kept))]  # the oldest: dicts keep insertion order
                 found = self._kept[head] = RestHeader(found.entries, MappingProxyType(dict(found.parameters)),
                                                       found.outputs, found.id)
         return found
