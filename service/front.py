@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from . import auth, deadlines, telemetry
+from .bounded import BoundedDict
 from .doors import json_api, oip, oip_rest
 from .errors import ServiceError
 from .guard import Guard
@@ -118,8 +119,8 @@ class Front:
         self._guard: Guard | None = None
         self._series: dict[tuple[str, str], object] = {}  # (protocol, endpoint) -> its request metrics
         # (method, path) -> match() for the paths of door routes seen: a /v2 path is split and matched once, not
-        # per request (~1.5 us); bounded, as paths come from clients
-        self._routes: dict[tuple[str, str], tuple[str, str, Handler, dict[str, str]]] = {}
+        # per request (~1.5 us)
+        self._routes: BoundedDict = BoundedDict(ROUTES_KEPT)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -136,8 +137,8 @@ class Front:
         found = self._routes.get(key)
         if found is None:
             found = match(*key)
-            if found is not None and len(self._routes) < ROUTES_KEPT:
-                self._routes[key] = found
+            if found is not None:
+                self._routes.keep(key, found)
         if found is None:
             if scope["path"] == "/metrics":  # whoever answers the scrape (the app or BentoML) reads the files
                 telemetry.flush()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 import pydantic_core
 
+from ..bounded import BoundedDict
 from ..errors import ServiceError
 
 DTYPES: dict[str, np.dtype] = {
@@ -248,19 +249,15 @@ class RestHeaders:
     """
 
     def __init__(self, capacity: int = 4096, max_header_bytes: int = 1024):
-        self.capacity = capacity
         self.max_header_bytes = max_header_bytes
-        self._kept: dict[bytes, RestHeader] = {}
+        self._kept: BoundedDict = BoundedDict(capacity)  # header bytes -> RestHeader
 
     def get(self, head: bytes) -> RestHeader:
         found = self._kept.get(head)
         if found is None:
             found = parse_rest_header(head)
             if found.all_binary and not found.id and len(head) <= self.max_header_bytes:
-                if len(self._kept) >= self.capacity:
-                    del self._kept[next(iter(self._kept))]  # the oldest: dicts keep insertion order
-                found = self._kept[head] = RestHeader(found.entries, MappingProxyType(dict(found.parameters)),
-                                                      found.outputs, found.id)
+                found = self._kept.keep(head, replace(found, parameters=MappingProxyType(found.parameters)))
         return found
 
 
