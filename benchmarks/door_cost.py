@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from service_bench import ENDPOINTS, oip_input, sample_item  # noqa: E402
+from service_bench import ENDPOINTS, oip_rest_body, sample_item  # noqa: E402
 
 DOORS = ("json", "oip-rest")
 
@@ -40,12 +40,8 @@ def door_request(door: str, name: str, task: str) -> tuple[str, bytes, list[tupl
     if door == "json":
         payload = json.dumps({"model": name, **body}).encode()
         return ENDPOINTS[task], payload, [(b"content-type", b"application/json")]
-    import tritonclient.http as thttp
-    from tritonclient.http._utils import _get_inference_request
-
-    payload, json_size = _get_inference_request([oip_input(thttp, task, item)], "", None, 0, False, False, 0, None,
-                                                None)
-    return f"/v2/models/{name}/infer", payload, [(b"inference-header-content-length", str(json_size).encode())]
+    payload, headers = oip_rest_body(task, item)
+    return f"/v2/models/{name}/infer", payload, [(k.lower().encode(), v.encode()) for k, v in headers.items()]
 
 
 def scope_for(path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> dict:

@@ -312,18 +312,22 @@ def oip_input(module, task: str, item):
     return tensor
 
 
+def oip_rest_body(task: str, item) -> tuple[bytes, dict[str, str]]:
+    """The body and headers ``tritonclient.http`` sends by default for one item (binary tensor data)."""
+    import tritonclient.http as thttp
+    from tritonclient.http._utils import _get_inference_request
+
+    body, json_size = _get_inference_request([oip_input(thttp, task, item)], "", None, 0, False, False, 0, None, None)
+    return body, ({"Inference-Header-Content-Length": str(json_size)} if json_size is not None else {})
+
+
 def door_request(door: str, server: "Server", name: str, task: str, item, json_body: dict, client: str) -> DoorRequest:
     """The bytes a real client of ``door`` sends for one item (tritonclient's own encoders for the OIP doors)."""
     if door == "json":
         return DoorRequest(door, server.url + ENDPOINTS[task], json.dumps(json_body).encode(), {},
                            LOAD_GENERATORS[client])
     if door == "oip-rest":
-        import tritonclient.http as thttp
-        from tritonclient.http._utils import _get_inference_request
-
-        body, json_size = _get_inference_request([oip_input(thttp, task, item)], "", None, 0, False, False, 0,
-                                                 None, None)
-        headers = {"Inference-Header-Content-Length": str(json_size)} if json_size is not None else {}
+        body, headers = oip_rest_body(task, item)
         return DoorRequest(door, f"{server.url}/v2/models/{name}/infer", body, headers, wrk)
     import tritonclient.grpc as tgrpc
     from tritonclient.grpc._utils import _get_inference_request as grpc_request
