@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     guard = Guard(settings)
     telemetry.enable_buffering(settings.metrics_flush_s)
     worker = Worker.start(settings)
+    gc.collect()  # as service/app.py settles the collector once the models are loaded
+    gc.freeze()
+    gc.set_threshold(*settings.gc_thresholds)
     manifest, _ = load_version(args.registry, args.model)
     front = Front(None, lambda: worker, lambda: guard)
     doors = args.doors.split(",")

@@ -12,6 +12,7 @@ from modelkit.manifest import Manifest
 from modelkit.registry import load_version
 from service.errors import ServiceError
 from service.tasks import SPECS, endpoint_tasks, spec_for
+from service.tasks.base import TensorValues
 from service_support import names_by_task, smoke_models  # noqa: F401 (fixture)
 
 
@@ -81,10 +82,10 @@ def test_classifier_outputs_and_json_results(manifests):
     scores = dict(zip(mf.labels, np.linspace(0.1, 0.9, len(mf.labels)) / np.linspace(0.1, 0.9, len(mf.labels)).sum()))
     results = [_result(scores)]
     best = max(scores, key=scores.get)
-    assert spec.output("label", results, mf).tolist() == [best.encode()]
+    label = spec.output("label", results, mf)
+    assert label.shape == (1,) and label.values == [best]
     probs = spec.output("probabilities", results, mf)
-    assert probs.dtype == np.float32 and probs.shape == (1, len(mf.labels))
-    assert probs[0].tolist() == pytest.approx(list(scores.values()))
+    assert probs.shape == (1, len(mf.labels)) and probs.values == list(scores.values())
     assert spec.json_result(results[0], {"top_k": 2})["labels"] == results[0]["labels"][:2]
     assert spec.predicted_labels(results[0]) == [best]
 
@@ -94,20 +95,21 @@ def test_multi_label_outputs(manifests):
     spec = spec_for("multi-label-classification")
     scores = {lab: (0.9 if i < 3 else 0.01) for i, lab in enumerate(mf.labels)}
     result = _result(scores, chosen=list(mf.labels[:3]))
-    assert json.loads(spec.output("labels", [result], mf)[0]) == list(mf.labels[:3])
-    assert spec.output("scores", [result], mf).shape == (1, len(mf.labels))
+    assert json.loads(spec.output("labels", [result], mf).values[0]) == list(mf.labels[:3])
+    scores_out = spec.output("scores", [result, result], mf)
+    assert scores_out.shape == (2, len(mf.labels)) and scores_out.values == 2 * list(scores.values())
     assert spec.json_result(result, {"top_k": 2})["labels"] == result["labels"][:2]
     assert spec.json_result(result, {"top_k": None})["labels"] == result["labels"]
     assert spec.predicted_labels(result) == list(mf.labels[:3])
 
 
 def test_inputs_become_items(manifests):
-    text = np.array([b"one", "zw\xc3\xb6lf".encode("latin-1")], dtype=object)
+    text = TensorValues((2,), [b"one", "zw\xc3\xb6lf".encode("latin-1")])
     items, field = spec_for("text-classification").items_from_tensors(manifests["text-classification"], {"text": text})
     assert items == ["one", "zwölf"] and field == "text"
     with pytest.raises(ServiceError) as err:
         spec_for("translation").items_from_tensors(manifests["translation"],
-                                                   {"text": np.array([b"ok", b"\xff\xfe"], dtype=object)})
+                                                   {"text": TensorValues((2,), [b"ok", b"\xff\xfe"])})
     assert err.value.field == "text[1]"
     mf = manifests["image-classification"]
     pixels = np.zeros((2, 28, 28, 1), np.uint8)
@@ -115,7 +117,7 @@ def test_inputs_become_items(manifests):
     assert len(items) == 2 and field == "image" and items[0].shape == (28, 28, 1)
     with pytest.raises(ServiceError) as err:
         spec_for("image-classification").items_from_tensors(mf, {"image": pixels,
-                                                                 "image_bytes": np.array([b"x"], dtype=object)})
+                                                                 "image_bytes": TensorValues((1,), [b"x"])})
     assert err.value.field == "inputs"
 
 
@@ -124,18 +126,37 @@ def test_rest_codec_round_trips_bytes_tensors_of_any_shape(manifests):
     from service.doors.oip_codec import decode_rest_request, deserialize_bytes, encode_rest_response, serialize_bytes
 
     values = [b"one", b"", "zwölf".encode()]
-    raw = serialize_bytes(np.array(values, dtype=object))
+    raw = serialize_bytes(values)
     assert deserialize_bytes(raw, 3, "text") == values
     spec, mf = spec_for("text-classification"), manifests["text-classification"]
     for shape in ([3], [3, 1]):
         head = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": shape,
                                        "parameters": {"binary_data_size": len(raw)}}]}).encode()
         req = decode_rest_request(head + raw, len(head))
-        assert req.inputs["text"].shape == tuple(shape) and req.inputs["text"].dtype == object
+        assert req.inputs["text"] == TensorValues(tuple(shape), values)
         assert spec.items_from_tensors(mf, req.inputs)[0] == ["one", "", "zwölf"]
-    body, length = encode_rest_response({"model_name": "m"}, [("label", "BYTES", np.array(values, dtype=object), True)])
+    body, length = encode_rest_response({"model_name": "m"}, [("label", "BYTES", TensorValues((3,), values), True)])
     assert json.loads(body[:length])["outputs"][0]["parameters"]["binary_data_size"] == len(raw)
     assert body[length:] == raw
+
+
+def test_rest_response_outputs_as_json_data_and_as_binary_hold_the_same_values():
+    from service.doors.oip_codec import deserialize_bytes, encode_rest_response
+
+    scores = TensorValues((2, 3), [0.1, 0.2, 0.7, 0.5, 0.25, 0.25])
+    label = TensorValues((2,), ["pos", "zwölf"])
+    body, length = encode_rest_response({"model_name": "m"}, [("probabilities", "FP32", scores, False),
+                                                              ("label", "BYTES", label, False)])
+    assert length is None
+    probs, labels = json.loads(body)["outputs"]
+    assert probs == {"name": "probabilities", "datatype": "FP32", "shape": [2, 3], "data": scores.values}
+    assert labels["shape"] == [2] and labels["data"] == ["pos", "zwölf"]
+    body, length = encode_rest_response({"model_name": "m"}, [("probabilities", "FP32", scores, True),
+                                                              ("label", "BYTES", label, True)])
+    n = json.loads(body[:length])["outputs"][0]["parameters"]["binary_data_size"]
+    assert n == 6 * 4
+    assert np.frombuffer(body[length:length + n], "<f4").tolist() == np.float32(scores.values).tolist()
+    assert deserialize_bytes(body[length + n:], 2, "label") == [b"pos", "zwölf".encode()]
 
 
 @pytest.mark.parametrize("tensor, field", [
@@ -170,7 +191,7 @@ def test_rest_headers_kept_once_checked_carry_nothing_of_one_request_into_the_ne
     headers = RestHeaders(capacity=2)
 
     def body(texts: list[bytes], size: int | None = None, params: dict | None = None) -> tuple[bytes, int]:
-        raw = serialize_bytes(np.array(texts, dtype=object))
+        raw = serialize_bytes(texts)
         head = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)],
                                        "parameters": {"binary_data_size": len(raw) if size is None else size}}],
                            "parameters": params or {"binary_data_output": True}}).encode()
@@ -178,7 +199,7 @@ def test_rest_headers_kept_once_checked_carry_nothing_of_one_request_into_the_ne
 
     first = decode_rest_request(*body([b"abc"]), headers)
     second = decode_rest_request(*body([b"xyz"]), headers)  # same header bytes, other data
-    assert first.inputs["text"].tolist() == [b"abc"] and second.inputs["text"].tolist() == [b"xyz"]
+    assert first.inputs["text"].values == [b"abc"] and second.inputs["text"].values == [b"xyz"]
     assert first.parameters is second.parameters and len(headers._kept) == 1
     with pytest.raises(TypeError):  # a kept header's parameters are shared, so they are read-only
         second.parameters["binary_data_output"] = False
@@ -202,4 +223,4 @@ def test_rest_headers_kept_once_checked_carry_nothing_of_one_request_into_the_ne
     newest = body([b"a"], params={"timeout": 5})
     decode_rest_request(*newest, headers)
     assert len(headers._kept) == 2 and newest[0][:newest[1]] in headers._kept  # at capacity: the oldest dropped
-    assert decode_rest_request(*body([b"again"]), headers).inputs["text"].tolist() == [b"again"]
+    assert decode_rest_request(*body([b"again"]), headers).inputs["text"].values == [b"again"]

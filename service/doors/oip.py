@@ -19,6 +19,7 @@ import numpy as np
 from .. import dataplane, deadlines
 from ..errors import ServiceError
 from ..models import ServedModel
+from ..tasks.base import TensorValues
 from ..worker import Route, Worker
 from .oip_codec import DATATYPES, InferRequest, RequestedOutput, classification_strings
 
@@ -57,7 +58,7 @@ def model_metadata(model: ServedModel) -> dict[str, Any]:
     }
 
 
-def items_from(model: ServedModel, inputs: Mapping[str, np.ndarray]) -> tuple[list[Any], str]:
+def items_from(model: ServedModel, inputs: Mapping[str, np.ndarray | TensorValues]) -> tuple[list[Any], str]:
     """The request's input tensors, checked against the task's, as runtime items (and their tensor's name)."""
     declared = model.spec.input_tensors
     for name, arr in inputs.items():
@@ -74,8 +75,8 @@ def items_from(model: ServedModel, inputs: Mapping[str, np.ndarray]) -> tuple[li
     return model.spec.items_from_tensors(model.manifest, inputs)
 
 
-def _datatype(arr: np.ndarray) -> str:
-    return DATATYPES[arr.dtype]
+def _datatype(arr: np.ndarray | TensorValues) -> str:
+    return "BYTES" if type(arr) is TensorValues else DATATYPES[arr.dtype]
 
 
 def options_from(model: ServedModel, parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -83,15 +84,19 @@ def options_from(model: ServedModel, parameters: Mapping[str, Any]) -> dict[str,
     if not parameters:
         return {}
     names = model.spec.option_names
-    unknown = set(parameters) - names - PROTOCOL_PARAMETERS
-    if unknown:
-        raise ServiceError(422, f"unknown request parameter {sorted(unknown)[0]!r} for model {model.name!r}",
-                           field=f"parameters.{sorted(unknown)[0]}", limit=sorted(names))
-    return {k: v for k, v in parameters.items() if k in names}
+    given = {}
+    for k, v in parameters.items():
+        if k in names:
+            given[k] = v
+        elif k not in PROTOCOL_PARAMETERS:
+            unknown = sorted(set(parameters) - names - PROTOCOL_PARAMETERS)[0]
+            raise ServiceError(422, f"unknown request parameter {unknown!r} for model {model.name!r}",
+                               field=f"parameters.{unknown}", limit=sorted(names))
+    return given
 
 
 def outputs_for(model: ServedModel, results: Sequence[dict], requested: list[RequestedOutput] | None,
-                binary_default: bool) -> list[tuple[str, str, np.ndarray, bool]]:
+                binary_default: bool) -> list[tuple[str, str, TensorValues, bool]]:
     """(name, datatype, array, binary) for each requested output (every output when none is named; the names
     were checked by ``infer`` before any work was done)."""
     spec, manifest = model.spec, model.manifest
@@ -99,19 +104,21 @@ def outputs_for(model: ServedModel, results: Sequence[dict], requested: list[Req
         return [(t.name, t.datatype, spec.output(t.name, results, manifest), binary_default) for t in spec.outputs]
     out = []
     for req in requested:
-        arr = spec.output(req.name, results, manifest)
+        values = spec.output(req.name, results, manifest)
         datatype = spec.output_tensors[req.name].datatype
         if req.class_count:
-            if datatype != "FP32" or arr.ndim != 2 or arr.shape[1] != len(manifest.labels):
+            shape = values.shape
+            if datatype != "FP32" or len(shape) != 2 or shape[1] != len(manifest.labels):
                 raise ServiceError(422, f"output {req.name!r} does not hold per-label scores, so it cannot be "
                                    "classified", field=f"outputs.{req.name}.parameters.classification")
-            arr, datatype = classification_strings(arr, manifest.labels, req.class_count), "BYTES"
-        out.append((req.name, datatype, arr, binary_default if req.binary is None else req.binary))
+            scores = np.asarray(values.values, dtype=np.float32).reshape(shape)
+            values, datatype = classification_strings(scores, manifest.labels, req.class_count), "BYTES"
+        out.append((req.name, datatype, values, binary_default if req.binary is None else req.binary))
     return out
 
 
 async def infer(worker: Worker, route: Route, request: InferRequest, *, inline: bool = True
-                ) -> list[tuple[str, str, np.ndarray, bool]]:
+                ) -> list[tuple[str, str, TensorValues, bool]]:
     """An OIP inference request through the dataplane; the output tensors to send back."""
     model = route.model
     if request.outputs is not None:  # an unknown output is refused before any work is done

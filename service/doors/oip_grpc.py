@@ -30,7 +30,8 @@ from ..errors import ServiceError
 from ..guard import OPEN_GRPC, Guard
 from ..worker import Worker
 from . import oip
-from .oip_codec import InferRequest, RequestedOutput, check_shape, dtype_of, from_raw, object_array, to_raw
+from ..tasks.base import TensorValues
+from .oip_codec import InferRequest, RequestedOutput, check_shape, dtype_of, from_raw, to_raw
 
 log = logging.getLogger("service.grpc")
 
@@ -88,7 +89,7 @@ def decode_request(request) -> InferRequest:
     return InferRequest(inputs=inputs, parameters=params, outputs=outputs, id=request.id)
 
 
-def _from_contents(t, shape: list[int]) -> np.ndarray:
+def _from_contents(t, shape: list[int]) -> np.ndarray | TensorValues:
     field = CONTENTS_FIELD.get(t.datatype)
     if field is None:
         raise ServiceError(422, f"input {t.name!r}: {t.datatype} needs raw_input_contents", field=t.name)
@@ -98,7 +99,7 @@ def _from_contents(t, shape: list[int]) -> np.ndarray:
         raise ServiceError(422, f"input {t.name!r}: {len(values)} elements for shape {shape} ({count} expected)",
                            field=t.name, limit=count)
     if t.datatype == "BYTES":
-        return object_array(values, shape)
+        return TensorValues(tuple(shape), values)
     try:
         return np.asarray(values, dtype=dtype_of(t.name, t.datatype)).reshape(shape)
     except (OverflowError, ValueError) as exc:
@@ -201,9 +202,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         model = route.model
         outputs = await oip.infer(self.worker, route, decoded, inline=False)  # see Batcher.submit
         response = pb.ModelInferResponse(model_name=model.name, model_version=model.version, id=request.id)
-        for name, datatype, arr, _ in outputs:
-            response.outputs.add(name=name, datatype=datatype, shape=list(arr.shape))
-            response.raw_output_contents.append(to_raw(arr, datatype))
+        for name, datatype, values, _ in outputs:
+            response.outputs.add(name=name, datatype=datatype, shape=values.shape)
+            response.raw_output_contents.append(to_raw(values, datatype))
         return response
 
 

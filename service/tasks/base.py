@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -56,6 +56,16 @@ class Tensor:
 
     def metadata(self, manifest: Manifest) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": self.shape(manifest)}
+
+
+class TensorValues(NamedTuple):  # a tuple: a frozen dataclass's __init__ cost more than building the values
+    """A tensor as its shape and its elements, flat and row-major, as Python values: every BYTES tensor
+    (inputs' elements ``bytes``, outputs' ``str``) and every output. The REST door's JSON sends outputs as
+    they are; bytes are made only for binary data and gRPC. For one item, numpy's object and float arrays
+    cost more than the values themselves (benchmarks/RESULTS.md)."""
+
+    shape: tuple[int, ...]
+    values: list
 
 
 def batch_of(*dims: Callable[[Manifest], int] | int) -> Callable[[Manifest], list[int]]:
@@ -105,12 +115,14 @@ class TaskSpec:
         """One entry of the JSON API's ``results`` list."""
         raise NotImplementedError
 
-    def items_from_tensors(self, manifest: Manifest, tensors: Mapping[str, np.ndarray]) -> tuple[list[Any], str]:
-        """OIP input tensors (already checked against ``inputs``) -> (items, the tensor they came from)."""
+    def items_from_tensors(self, manifest: Manifest, tensors: Mapping[str, np.ndarray | TensorValues]
+                           ) -> tuple[list[Any], str]:
+        """OIP input tensors (already checked against ``inputs``; BYTES as ``TensorValues``) -> (items, the
+        tensor they came from)."""
         raise NotImplementedError
 
-    def output(self, name: str, results: Sequence[dict], manifest: Manifest) -> np.ndarray:
-        """The OIP output tensor ``name`` for a batch of results (BYTES as an object array of bytes)."""
+    def output(self, name: str, results: Sequence[dict], manifest: Manifest) -> TensorValues:
+        """The OIP output tensor ``name`` for a batch of results."""
         raise NotImplementedError
 
     def agrees(self, a: dict, b: dict) -> bool:
@@ -126,34 +138,36 @@ class TaskSpec:
         return {"task": self.task}
 
 
-def bytes_items(tensor: np.ndarray, name: str) -> list[bytes]:
+def bytes_items(tensor: TensorValues, name: str) -> list[bytes]:
     """The elements of a BYTES tensor of shape [N] or [N, 1]."""
-    if tensor.ndim == 2 and tensor.shape[1] == 1:
-        tensor = tensor[:, 0]
-    if tensor.ndim != 1:
-        raise ServiceError(422, f"input {name!r} must have shape [N] or [N, 1], got {list(tensor.shape)}",
+    shape = tensor.shape
+    if not (len(shape) == 1 or len(shape) == 2 and shape[1] == 1):
+        raise ServiceError(422, f"input {name!r} must have shape [N] or [N, 1], got {list(shape)}",
                            field=name, limit=[-1])
-    # tolist(), not list(): iterating an array ends in an IndexError that numpy formats (~5k instructions)
-    return tensor.tolist()
+    return tensor.values
 
 
-def text_items(tensor: np.ndarray, name: str) -> list[str]:
+def text_items(tensor: TensorValues, name: str) -> list[str]:
     """A BYTES tensor of UTF-8 texts -> str items; 422 naming the element that is not UTF-8."""
-    out = []
-    for i, raw in enumerate(bytes_items(tensor, name)):
-        try:
-            out.append(raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else str(raw))
-        except UnicodeDecodeError as exc:
-            raise ServiceError(422, f"{name}[{i}] is not UTF-8 text: {exc}", field=f"{name}[{i}]",
-                               limit="UTF-8") from None
-    return out
+    values = bytes_items(tensor, name)
+    try:
+        return [raw.decode("utf-8") for raw in values]
+    except UnicodeDecodeError:
+        for i, raw in enumerate(values):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ServiceError(422, f"{name}[{i}] is not UTF-8 text: {exc}", field=f"{name}[{i}]",
+                                   limit="UTF-8") from None
+        raise
 
 
-def as_bytes_tensor(values: Sequence[str]) -> np.ndarray:
-    """str values -> an object array of UTF-8 bytes (how BYTES tensors are held here)."""
-    return np.array([v.encode("utf-8") for v in values], dtype=object)  # bytes are scalars to numpy
+def text_values(values: list[str]) -> TensorValues:
+    """A BYTES [N] output of texts."""
+    return TensorValues((len(values),), values)
 
 
-def score_matrix(results: Sequence[dict], manifest: Manifest) -> np.ndarray:
-    """FP32 [N, C]: every label's score per item, in the manifest's label order."""
-    return np.array([list(r["scores"].values()) for r in results], dtype=np.float32).reshape(-1, len(manifest.labels))
+def score_values(results: Sequence[dict], manifest: Manifest) -> TensorValues:
+    """FP32 [N, C]: every label's score per item, in the manifest's label order (runtimes build ``scores``
+    from their label list)."""
+    return TensorValues((len(results), len(manifest.labels)), [v for r in results for v in r["scores"].values()])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .base import Option, TaskSpec, Tensor, as_bytes_tensor, batch_of, n_labels, score_matrix, text_items
+from .base import Option, TaskSpec, Tensor, batch_of, n_labels, score_values, text_items, text_values
 from .text_classification import TEXT
 
 TOP_K = Option("top_k", "at most this many of the chosen labels, best first (default: all of them)",
@@ -34,8 +34,8 @@ class MultiLabelClassification(TaskSpec):
 
     def output(self, name, results, manifest):
         if name == "labels":
-            return as_bytes_tensor([json.dumps([lab["label"] for lab in r["labels"]]) for r in results])
-        return score_matrix(results, manifest)
+            return text_values([json.dumps([lab["label"] for lab in r["labels"]]) for r in results])
+        return score_values(results, manifest)
 
     def predicted_labels(self, result):
         return [lab["label"] for lab in result["labels"]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Option, TaskSpec, Tensor, as_bytes_tensor, batch_of, n_labels, score_matrix, text_items
+from .base import Option, TaskSpec, Tensor, batch_of, n_labels, score_values, text_items, text_values
 
 TOP_K = Option("top_k", "labels per item, best first (default 1, at most the number of labels)",
                default=lambda m: 1, maximum=n_labels)
@@ -29,8 +29,8 @@ class RankedLabels(TaskSpec):
 
     def output(self, name, results, manifest):
         if name == "label":
-            return as_bytes_tensor([r["labels"][0]["label"] for r in results])
-        return score_matrix(results, manifest)
+            return text_values([r["labels"][0]["label"] for r in results])
+        return score_values(results, manifest)
 
     def predicted_labels(self, result):
         return [result["labels"][0]["label"]]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Option, TaskSpec, Tensor, as_bytes_tensor, batch_of, text_items
+from .base import Option, TaskSpec, Tensor, batch_of, text_items, text_values
 from .text_classification import TEXT
 
 NUM_BEAMS = Option("num_beams", "beam width (default from the model's manifest, at most its max_num_beams)",
@@ -29,7 +29,7 @@ class Translation(TaskSpec):
         return text_items(tensors["text"], "text"), "text"
 
     def output(self, name, results, manifest):
-        return as_bytes_tensor([r["translation"] for r in results])
+        return text_values([r["translation"] for r in results])
 
     def agrees(self, a, b):  # the same translation
         return a["translation"] == b["translation"]
