@@ -50,14 +50,26 @@ def test_service_bench_measures_raw_and_service_with_zero_errors(smoke_models, t
     multi = re.findall(r"^\| (\S+) \| ([\d,]+) \| ([\d.]+)x \|", text, flags=re.M)
     assert {m[0] for m in multi} == set(models)
     doors = {(c[0], c[1]): c for c in (line.strip().strip("|").split("|") for line in text.splitlines())
-             if len(c) == 14 and c[1].strip() in ("json", "oip-rest", "oip-grpc")}
+             if len(c) == 15 and c[1].strip() in ("json", "oip-rest", "oip-grpc")}
     doors = {(k[0].strip(), k[1].strip()): [x.strip() for x in v] for k, v in doors.items()}
     assert set(doors) == {(m, d) for m in models for d in ("json", "oip-rest", "oip-grpc")}
-    for cells in doors.values():
-        assert float(cells[4].replace(",", "")) > 0 and cells[9] == "0", cells  # items/s, errors
-        assert float(cells[10]) > 0  # server CPU per item
-        rounds = [float(x.replace(",", "")) for x in cells[13].split(" / ")]
+    each_round = {}
+    for key, cells in doors.items():
+        assert float(cells[4].replace(",", "")) > 0 and cells[10] == "0", cells  # items/s, errors
+        assert float(cells[11]) > 0  # server CPU per item
+        rounds = [float(x.replace(",", "")) for x in cells[14].split(" / ")]
         assert len(rounds) == 2 and float(cells[4].replace(",", "")) == min(rounds), cells  # the lower middle of two
+        each_round[key] = rounds
+    for (name, door), cells in doors.items():  # each round's rate over the JSON door's in that round
+        if door == "json":
+            assert cells[7] == "-", cells
+            continue
+        ratios = [r / j for r, j in zip(each_round[(name, door)], each_round[(name, "json")])]
+        shown = re.fullmatch(r"([\d.]+) / ([\d.]+) \(([\d.]+)x\)", cells[7])
+        assert shown, cells
+        # the shown rates are rounded to whole items/s, the ratios to two decimals
+        assert [float(x) for x in shown.groups()[:2]] == pytest.approx(ratios, abs=0.011), cells
+        assert float(shown.group(3)) == pytest.approx(sum(ratios) / 2, abs=0.011), cells
 
 
 def test_wrk_counts_non_200_answers_as_errors(smoke_models, tmp_path):  # noqa: F811
