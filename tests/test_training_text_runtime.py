@@ -11,7 +11,7 @@ import pytest
 from modelkit.onnx_session import SessionSettings
 from modelkit.registry import load_version
 from modelkit.runtimes import InputError, create_runtime
-from modelkit.scores import above_threshold, sigmoid, softmax, thresholds_array, top_k
+from modelkit.scores import above_threshold, ranked, sigmoid, softmax, thresholds_array, top_k
 from modelkit.text import TextEncoder
 
 
@@ -75,6 +75,16 @@ def test_runtime_matches_torch_free_helpers():
     assert [x["label"] for x in above_threshold(s, ["a", "b", "c"], thresholds_array([0.5], 3))] == ["b", "a"]
     with pytest.raises(ValueError):
         thresholds_array([0.1, 0.2], 3)
+
+
+def test_ranked_labels_carry_their_own_scores_best_first_ties_in_label_order():
+    probs = np.array([[0.1, 0.4, 0.4, 0.1], [0.7, 0.05, 0.2, 0.05]])
+    labels = ["a", "b", "c", "d"]
+    assert ranked(probs, labels, 3) == [
+        [{"label": "b", "score": 0.4}, {"label": "c", "score": 0.4}, {"label": "a", "score": 0.1}],
+        [{"label": "a", "score": 0.7}, {"label": "c", "score": 0.2}, {"label": "b", "score": 0.05}],
+    ]
+    assert [[x["label"] for x in row] for row in ranked(probs, labels)] == [list("bcad"), list("acbd")]
 
 
 def test_serving_modules_do_not_import_torch(smoke_registry):
