@@ -97,7 +97,7 @@ def options_from(model: ServedModel, parameters: Mapping[str, Any]) -> dict[str,
 
 def outputs_for(model: ServedModel, results: Sequence[dict], requested: list[RequestedOutput] | None,
                 binary_default: bool) -> list[tuple[str, str, TensorValues, bool]]:
-    """(name, datatype, array, binary) for each requested output (every output when none is named; the names
+    """(name, datatype, values, binary) for each requested output (every output when none is named; the names
     were checked by ``infer`` before any work was done)."""
     spec, manifest = model.spec, model.manifest
     if requested is None:  # every output, as the request's binary_data_output says
