@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import statistics
@@ -90,15 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     from service.front import Front
     from service.guard import Guard
     from service.settings import ServiceSettings
-    from service.worker import Worker
+    from service.worker import Worker, settle_garbage_collector
 
     settings = ServiceSettings()
     guard = Guard(settings)
     telemetry.enable_buffering(settings.metrics_flush_s)
     worker = Worker.start(settings)
-    gc.collect()  # as service/app.py settles the collector once the models are loaded
-    gc.freeze()
-    gc.set_threshold(*settings.gc_thresholds)
+    settle_garbage_collector(settings.gc_thresholds)  # as the service does once its models are loaded
     manifest, _ = load_version(args.registry, args.model)
     front = Front(None, lambda: worker, lambda: guard)
     doors = args.doors.split(",")

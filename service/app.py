@@ -18,7 +18,6 @@ BentoML provides the HTTP server, the workers, ``/livez``, ``/readyz`` and the O
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import sys
@@ -32,7 +31,7 @@ from .front import Front
 from .guard import Guard
 from .http_app import api, document_limits
 from .settings import ServiceSettings
-from .worker import Worker
+from .worker import Worker, settle_garbage_collector
 
 log = logging.getLogger("service")
 
@@ -67,18 +66,6 @@ def _configure_logging() -> None:
         logger.propagate = False
 
 
-def _settle_garbage_collector(thresholds: tuple[int, int, int]) -> None:
-    """Move everything loaded so far out of the collector's sight, and collect less often.
-
-    A full collection walks every tracked object (BentoML, FastAPI, pydantic, the runtimes):
-    here 70-100 ms with every request waiting, every few seconds under load, which made the
-    32-client p99 about 10x the p50. Frozen objects are never traversed again.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*thresholds)
-
-
 @bentoml.service(
     name="modelserve",
     workers=SETTINGS.workers,
@@ -102,7 +89,7 @@ class ModelService:
         telemetry.enable_buffering(SETTINGS.metrics_flush_s)
         self.worker = Worker.start(SETTINGS)
         self.grpc_server = None
-        _settle_garbage_collector(SETTINGS.gc_thresholds)
+        settle_garbage_collector(SETTINGS.gc_thresholds)
         models = self.worker.models
         ready = [n for n, e in models.items() if e.ready]
         failed = {n: e.current.reason for n, e in models.items() if not e.ready and e.current is not None}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -109,3 +110,15 @@ class Worker:
             limits.update(max_num_beams=mf.generation.max_num_beams,
                           max_max_new_tokens=mf.generation.max_max_new_tokens)
         return limits
+
+
+def settle_garbage_collector(thresholds: tuple[int, int, int]) -> None:
+    """Move everything loaded so far out of the collector's sight, and collect less often.
+
+    A full collection walks every tracked object (BentoML, FastAPI, pydantic, the runtimes):
+    here 70-100 ms with every request waiting, every few seconds under load, which made the
+    32-client p99 about 10x the p50. Frozen objects are never traversed again.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*thresholds)
