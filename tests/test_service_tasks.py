@@ -159,6 +159,26 @@ def test_rest_response_outputs_as_json_data_and_as_binary_hold_the_same_values()
     assert deserialize_bytes(body[length + n:], 2, "label") == [b"pos", "zwölf".encode()]
 
 
+def test_output_packing_writes_what_numpy_would_for_every_fixed_size_datatype():
+    """``STRUCT_CODES`` is a second table beside ``DTYPES`` (struct's own ``l`` is 4 bytes where numpy's int64
+    char is ``l``): each code packs the element size and bytes numpy writes for that datatype."""
+    import struct
+
+    from service.doors.oip_codec import DTYPES, STRUCT_CODES, to_raw
+
+    assert set(STRUCT_CODES) == set(DTYPES) - {"BYTES"}
+    for datatype, code in STRUCT_CODES.items():
+        dtype = DTYPES[datatype]
+        assert struct.calcsize("<" + code) == dtype.itemsize, datatype
+        if dtype.kind == "b":
+            values = [True, False, True]
+        elif dtype.kind in "iu":  # the datatype's own extremes
+            values = [int(np.iinfo(dtype).min), 1, int(np.iinfo(dtype).max)]
+        else:
+            values = [0.5, -2.0, 3.25]
+        assert to_raw(TensorValues((3,), values), datatype) == np.asarray(values, dtype=dtype).tobytes(), datatype
+
+
 @pytest.mark.parametrize("tensor, field", [
     ({"shape": [True], "data": ["a"]}, "text.shape"), ({"shape": [-1], "data": ["a"]}, "text.shape"),
     ({"shape": "1", "data": ["a"]}, "text.shape"),

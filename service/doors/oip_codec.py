@@ -1,8 +1,9 @@
 """Open Inference Protocol tensors <-> numpy: JSON tensors, the binary tensor data extension, gRPC raw contents.
 
 BYTES tensors, and every output, are ``TensorValues`` (shape and flat Python values: input BYTES
-elements ``bytes``, output ones ``str``); other inputs are numpy arrays. On the wire (binary extension and gRPC ``raw_*_contents``) each BYTES
-element is a 4-byte little-endian length followed by its bytes.
+elements ``bytes``, output ones ``str``); other inputs are numpy arrays. On the wire (binary
+extension and gRPC ``raw_*_contents``) each BYTES element is a 4-byte little-endian length
+followed by its bytes.
 Every malformed tensor is a ``ServiceError`` naming the tensor and what was expected.
 """
 

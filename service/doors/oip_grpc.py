@@ -28,9 +28,9 @@ import numpy as np
 from .. import telemetry
 from ..errors import ServiceError
 from ..guard import OPEN_GRPC, Guard
+from ..tasks.base import TensorValues
 from ..worker import Worker
 from . import oip
-from ..tasks.base import TensorValues
 from .oip_codec import InferRequest, RequestedOutput, check_shape, dtype_of, from_raw, to_raw
 
 log = logging.getLogger("service.grpc")
