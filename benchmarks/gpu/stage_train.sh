@@ -2,9 +2,9 @@
 # Build what a lent GPU machine needs to train the `full` preset (benchmarks/gpu/train_full.sh) into
 # .gputrain/ (add /.gputrain/ to .git/info/exclude; it travels with `carry`, 64 MiB a call in all).
 # The machine's image has python 3.12, a CUDA PyTorch, onnx, onnxruntime, scikit-learn, sacrebleu and
-# matplotlib but no pydantic; the project's pin of transformers travels too (its tokenizers 0.23.2 is kept:
-# with the 13 MB transformers wheel there is no room for the pinned 0.23.3). Fashion-MNIST travels as
-# xz-compressed raw IDX files (4 MB less than its .gz files).
+# matplotlib but no pydantic or pyspng; the project's pins of those and of transformers travel (its
+# tokenizers 0.23.2 is kept: with the 13 MB transformers wheel there is no room for the pinned 0.23.3).
+# Fashion-MNIST travels as xz-compressed raw IDX files (4 MB less than its .gz files).
 # Usage: bash benchmarks/gpu/stage_train.sh DATA_DIR     (DATA_DIR holds topics/debtags.jsonl and translation/)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,7 +14,7 @@ pins=$(python3 - <<'PY'
 import tomllib
 t = tomllib.load(open("pyproject.toml", "rb"))["project"]
 pins = t["dependencies"] + t["optional-dependencies"]["train"]
-print(" ".join(p for p in pins if p.split("==")[0] in ("pydantic", "pydantic-settings", "transformers")))
+print(" ".join(p for p in pins if p.split("==")[0] in ("pydantic", "pydantic-settings", "pyspng", "transformers")))
 PY
 )
 source benchmarks/gpu/wheel_platforms.sh

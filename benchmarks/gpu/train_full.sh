@@ -31,7 +31,9 @@ set -o pipefail
 timeout -k 10 "$budget" python3 -m training train --preset full --models sentiment,topics,fashion,de-en,en-ko \
   --registry /tmp/reg --data-dir data --checkpoint-dir /tmp/ckpt --jobs 5 --set train.threads=3 --set train.progress=false \
   --set 'export.exporters=["legacy"]' "$@" 2>&1 | tee "$OUT/train.log"
-echo "train exit $?" | tee -a "$OUT/train.log"
+rc=$?
+echo "train exit $rc" | tee -a "$OUT/train.log"
 pkill -f "training train" 2>/dev/null; kill $mon 2>/dev/null
-tar -czf "$OUT/registry.tar.gz" --exclude='*.onnx' --exclude='*.onnx.data' --exclude='*.safetensors' -C /tmp/reg .
+[ -d /tmp/reg ] && tar -czf "$OUT/registry.tar.gz" --exclude='*.onnx' --exclude='*.onnx.data' --exclude='*.safetensors' -C /tmp/reg .
 ls -la "$OUT"
+exit $rc
