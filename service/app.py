@@ -6,7 +6,8 @@ that, and ``/readyz`` stays 503 unless at least one model is ready. The worker's
 (``service.worker.Worker``) is handed to the three doors:
 
 - the task JSON API and the Open Inference Protocol over HTTP, both answered by the
-  ``service.front.Front`` ASGI middleware ahead of BentoML's own layers;
+  ``service.front.Front`` ASGI middleware ahead of BentoML's own layers (ahead of its whole app
+  unless its access log, tracing or request metrics are on);
 - the Open Inference Protocol over gRPC (``service.doors.oip_grpc``), a server started on the
   worker's event loop by the startup hook.
 
@@ -140,5 +141,19 @@ def current_guard() -> Guard | None:
         return None
 
 
-# outermost of our layers: every door's HTTP routes skip BentoML's request context and the mount
-ModelService.add_asgi_middleware(Front, worker_of=current_worker, guard_of=current_guard)
+def bentoml_layers_per_request(settings: ServiceSettings) -> bool:
+    """Whether BentoML's own middlewares must see the doors' requests: its access log, tracing spans or
+    request metrics are on."""
+    return settings.access_log or settings.tracing or settings.bentoml_metrics
+
+
+if bentoml_layers_per_request(SETTINGS):
+    # inside BentoML's middlewares (they log, trace or count every request), ahead of its request context
+    # and the mount
+    ModelService.add_asgi_middleware(Front, worker_of=current_worker, guard_of=current_guard)
+else:
+    # ahead of BentoML's whole app: the doors' requests skip Starlette's error middleware, the
+    # OpenTelemetry middleware (which excludes them) and the timeout middleware (the front keeps the
+    # timeout), ~12 us of the event loop per request (benchmarks/RESULTS.md); the rest passes through
+    traffic.serve_outermost(ModelService, lambda app: Front(app, current_worker, current_guard,
+                                                            timeout_s=SETTINGS.request_timeout_s))

@@ -1,20 +1,24 @@
-"""The HTTP front: one ASGI middleware ahead of BentoML's layers that serves every door's routes.
+"""The HTTP front: one ASGI app ahead of BentoML's that serves every door's routes.
 
-Added to the BentoML service with ``add_asgi_middleware``, so the JSON API and the OIP REST door
-reach their handlers without BentoML's request context, Starlette's router and mount, or
-FastAPI's middleware: with one small item per request those layers cost more CPU than the
-model (benchmarks/RESULTS.md). For each request it checks the API key and the rate limit
-(``service.guard``: scope ``admin`` for ``/v2/repository/...``, ``infer`` otherwise), the body's
-content type and size (``Content-Length`` before reading, and every byte while reading, so a
-chunked body is cut off at the limit), sets the request's deadline, keeps the traffic count the
-batchers read, records the request metrics with the door's protocol label, and renders a
-``ServiceError`` the way the door's protocol says. Everything else (``/metrics``, the OpenAPI
-page, BentoML's probes) goes on to the app below, behind the same key check unless open. While
-the worker drains (SIGTERM), every answer carries ``Connection: close``.
+The worker's uvicorn serves it around BentoML's whole app (``traffic.serve_outermost``), so the JSON
+API and the OIP REST door reach their handlers without any of BentoML's middlewares (Starlette's
+error middleware, OpenTelemetry's, the timeout), its request context, Starlette's router and mount,
+or FastAPI's middleware: with one small item per request those layers cost more CPU than the model
+(benchmarks/RESULTS.md). When BentoML's access log, tracing or request metrics are on it is added
+inside BentoML's middlewares instead (``add_asgi_middleware``), so they see every request. For each
+request it checks the API key and the rate limit (``service.guard``: scope ``admin`` for
+``/v2/repository/...``, ``infer`` otherwise), the body's content type and size (``Content-Length``
+before reading, and every byte while reading, so a chunked body is cut off at the limit), sets the
+request's deadline, keeps the traffic count the batchers read, answers 504 when a handler outlasts
+the request timeout (outside BentoML's app), records the request metrics with the door's protocol
+label, and renders a ``ServiceError`` the way the door's protocol says. Everything else
+(``/metrics``, the OpenAPI page, BentoML's probes) goes on to the app below, behind the same key
+check unless open. While the worker drains (SIGTERM), every answer carries ``Connection: close``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -28,6 +32,7 @@ from .bounded import BoundedDict
 from .doors import json_api, oip, oip_rest
 from .errors import ServiceError
 from .guard import Guard
+from .traffic import HandlerTimeouts
 from .worker import Worker
 
 log = logging.getLogger("service.front")
@@ -108,13 +113,17 @@ class Front:
     """ASGI middleware: the doors' routes, guarded and counted; the rest passes to ``app``.
 
     ``worker_of()`` / ``guard_of()`` return this process's ``Worker`` / ``Guard`` (None while the
-    models are loading).
+    models are loading). ``timeout_s``: answer a door's request 504 when its handler has not returned
+    a response within that many seconds (BentoML's request timeout, for a front that sits ahead of
+    BentoML's stack and its timeout middleware; None inside it).
     """
 
-    def __init__(self, app, worker_of: Callable[[], Worker | None], guard_of: Callable[[], Guard | None]):
+    def __init__(self, app, worker_of: Callable[[], Worker | None], guard_of: Callable[[], Guard | None],
+                 timeout_s: float | None = None):
         self.app = app
         self.worker_of = worker_of
         self.guard_of = guard_of
+        self.timeouts = HandlerTimeouts(timeout_s) if timeout_s else None
         self._worker: Worker | None = None  # found once: a process serves one worker for its lifetime
         self._guard: Guard | None = None
         self._series: dict[tuple[str, str], object] = {}  # (protocol, endpoint) -> its request metrics
@@ -201,6 +210,7 @@ class Front:
         headers = auth.http_headers(scope)
         counted = scope["method"] == "POST" and "content-length" not in headers
         request = DoorRequest(scope, limited(receive, limit) if counted else receive)
+        task = self.timeouts.start() if self.timeouts is not None else None
         try:
             if worker is None or guard is None:
                 raise ServiceError(503, "service is still loading models", kind="overload", retry_after=5)
@@ -213,9 +223,18 @@ class Front:
             return await handler(worker, request, **params)
         except ServiceError as err:
             return self._error(request, protocol, endpoint, err)
+        except asyncio.CancelledError:
+            if task is None or not self.timeouts.expired(task):
+                raise
+            return self._error(request, protocol, endpoint, ServiceError(
+                504, f"no answer within the service's request timeout of {self.timeouts.timeout:g} seconds",
+                limit=self.timeouts.timeout))
         except Exception:
             log.exception("%s %s failed", scope["method"], scope["path"])
             return self._error(request, protocol, endpoint, ServiceError(500, "internal error, see the server log"))
+        finally:
+            if task is not None:
+                self.timeouts.stop(task)
 
     @staticmethod
     def _error(request: Request, protocol: str, endpoint: str, err: ServiceError) -> Response:

@@ -159,7 +159,8 @@ class ServiceSettings(BaseSettings):
         description="BentoML's own bentoml_service_* request metrics (its middleware costs CPU per request; "
         "the modelserve_* metrics cover requests either way, and /metrics is served in both cases)",
     )
-    request_timeout_s: float = Field(120.0, gt=0, description="BentoML request timeout")
+    request_timeout_s: float = Field(120.0, gt=0, description="a request whose answer has not started by then "
+                                     "gets 504 (BentoML's request timeout; the front keeps it for the doors' routes)")
     metrics_flush_s: float = Field(
         0.5, ge=0, le=60, description="metrics are held in memory and written to the multiprocess files this "
         "often (one write per series instead of one per observation); a scrape sees other workers' values at most "

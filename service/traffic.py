@@ -1,5 +1,9 @@
 """BentoML's request timeout (``traffic.timeout``) without a pending timer per answered request.
 
+Two forms: ``TimeoutMiddleware`` for the requests that pass through BentoML's app (its own stack
+builds it), and ``HandlerTimeouts`` for the doors' requests when ``service.front.Front`` answers
+them ahead of that stack (``serve_outermost``).
+
 BentoML 1.4.39's ``TimeoutMiddleware`` schedules ``loop.call_later(timeout, ...)`` for every HTTP
 request and never cancels it, and runs the rest of the app in a second task. Each answered
 request so left a timer handle, a future and a bound method alive for the whole timeout (120 s
@@ -15,6 +19,7 @@ request's own task: the timer is cancelled as soon as the response starts, and n
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from bentoml._internal.server.http import traffic
@@ -55,3 +60,68 @@ class TimeoutMiddleware:
 def install() -> None:
     """Make BentoML build its apps with this middleware (it looks the class up when it builds one)."""
     traffic.TimeoutMiddleware = TimeoutMiddleware
+
+
+class HandlerTimeouts:
+    """The same timeout for handlers run outside BentoML's stack: a handler that has not returned its
+    response within ``timeout`` seconds is cancelled, and its caller answers 504 (``expired``).
+
+    One sweeper task per event loop walks the running handlers every ``sweep_s`` (at most a quarter
+    of the timeout) instead of a timer per request: ``asyncio.timeout`` costs a request ~5 us of the
+    event loop (a timer scheduled, then cancelled), this a dict entry. The timeout is honoured to
+    within ``sweep_s``.
+    """
+
+    def __init__(self, timeout: float, sweep_s: float = 0.5) -> None:
+        self.timeout = timeout
+        self.sweep_s = min(sweep_s, timeout / 4)
+        self._started: dict[asyncio.Task, float] = {}  # running handler -> time.monotonic() at its start
+        self._expired: set[asyncio.Task] = set()
+        self._sweeper: asyncio.Task | None = None
+
+    def start(self) -> asyncio.Task:
+        """Time the current task's handler from now; ``stop`` it once the handler returned."""
+        task = asyncio.current_task()
+        self._started[task] = time.monotonic()
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="handler-timeouts")
+        return task
+
+    def stop(self, task: asyncio.Task) -> None:
+        self._started.pop(task, None)
+        self._expired.discard(task)
+
+    def expired(self, task: asyncio.Task) -> bool:
+        """Whether ``task`` was cancelled for its timeout (then the cancellation is taken back, as
+        ``asyncio.timeout`` does, so the caller can answer)."""
+        if task not in self._expired:
+            return False
+        self._expired.discard(task)
+        task.uncancel()
+        return True
+
+    async def _sweep(self) -> None:
+        while self._started:
+            await asyncio.sleep(self.sweep_s)
+            limit = time.monotonic() - self.timeout
+            for task, started in list(self._started.items()):
+                if started <= limit:
+                    del self._started[task]
+                    self._expired.add(task)
+                    task.cancel()
+
+
+def serve_outermost(service: Any, wrap: Any) -> None:
+    """Make ``wrap(app)`` the ASGI app the worker's uvicorn serves for ``service``, where ``app`` is the
+    one BentoML builds (its middlewares, its routes and mounts): what ``wrap`` answers itself skips
+    every layer of it. BentoML's worker builds the app with ``Service.to_asgi``, looked up when it
+    starts, after the service's module is imported."""
+    from _bentoml_sdk.service.factory import Service
+
+    build = Service.to_asgi
+
+    def to_asgi(self, is_main: bool = True):
+        app = build(self, is_main)
+        return wrap(app) if self is service else app
+
+    Service.to_asgi = to_asgi
