@@ -29,6 +29,14 @@ from .family import GraphExport
 CPU = SessionSettings(provider="cpu", variant="fp32")
 
 
+def cpu_sessions(threads: int | None) -> SessionSettings:
+    """onnxruntime on the CPU with ``threads`` intra-op threads (``train.threads``; None: onnxruntime's default,
+    every core). A process of ``train --jobs N`` keeps to its share of the cores: with the default each of them
+    opened a pool of spinning threads over every core (on a 16-core GPU machine, three processes' evaluations
+    took longer than their training and slowed the third model's epochs from ~5 s to 12-20 s)."""
+    return SessionSettings(provider="cpu", variant="fp32", intra_op_threads=threads or 0)
+
+
 class ExportError(RuntimeError):
     """No exporter produced a graph that passes parity."""
 
@@ -138,9 +146,10 @@ def _dtype(ort_type: str) -> str:
     return _ORT_DTYPES.get(name, name)
 
 
-def graph_spec(path: Path, rel: str, role: str, variant: str, exporter: str) -> GraphSpec:
+def graph_spec(path: Path, rel: str, role: str, variant: str, exporter: str,
+               sessions: SessionSettings = CPU) -> GraphSpec:
     """GraphSpec from the file itself: opset and tensor names, dtypes, shapes (dynamic axes by name)."""
-    session, _ = open_session(path, CPU)
+    session, _ = open_session(path, sessions)
     model = onnx.load(os.fspath(path), load_external_data=False)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
@@ -162,8 +171,11 @@ def quantize_int8(src: Path, dst: Path) -> None:
         quantize_dynamic(os.fspath(src), os.fspath(dst), weight_type=QuantType.QInt8)
 
 
-def export_all(graphs: list[GraphExport], cfg: ExportConfig, staging: Path, log=print) -> ExportResult:
-    """Export with each configured exporter, keep the faster one passing parity, add int8."""
+def export_all(graphs: list[GraphExport], cfg: ExportConfig, staging: Path, log=print,
+               threads: int | None = None) -> ExportResult:
+    """Export with each configured exporter, keep the faster one passing parity, add int8 (parity and latency
+    on ``threads`` onnxruntime threads, see ``cpu_sessions``)."""
+    sessions = cpu_sessions(threads)
     for g in graphs:
         g.module.eval()
     tried: dict[str, dict] = {}
@@ -175,7 +187,7 @@ def export_all(graphs: list[GraphExport], cfg: ExportConfig, staging: Path, log=
             for g in graphs:
                 path = staging / f".{g.role}.{exporter}.onnx"
                 export_graph(g, path, exporter, cfg.opset)
-                session, _ = open_session(path, CPU)
+                session, _ = open_session(path, sessions)
                 diff, n, _ = compare(g, session)
                 files[g.role], diffs[g.role] = path, diff
                 rows.append(n)
@@ -205,7 +217,8 @@ def export_all(graphs: list[GraphExport], cfg: ExportConfig, staging: Path, log=
             else:
                 path.unlink(missing_ok=True)
     best = tried[chosen]
-    specs = [graph_spec(staging / graph_file(g.role, "fp32"), graph_file(g.role, "fp32"), g.role, "fp32", chosen) for g in graphs]
+    specs = [graph_spec(staging / graph_file(g.role, "fp32"), graph_file(g.role, "fp32"), g.role, "fp32", chosen,
+                        sessions) for g in graphs]
     parity = [
         ParityResult(
             variant="fp32", n_inputs=best["rows"], max_abs_diff=max(best["diffs"].values()),
@@ -218,13 +231,13 @@ def export_all(graphs: list[GraphExport], cfg: ExportConfig, staging: Path, log=
         for g in graphs:
             src, dst = staging / graph_file(g.role, "fp32"), staging / graph_file(g.role, "int8")
             quantize_int8(src, dst)
-            session, _ = open_session(dst, CPU)
+            session, _ = open_session(dst, sessions)
             diff, n, agree = compare(g, session)
             int8_diffs[g.role] = diff
             rows.append(n)
             if agree is not None:
                 int8_agree.append(agree)
-            specs.append(graph_spec(dst, graph_file(g.role, "int8"), g.role, "int8", chosen))
+            specs.append(graph_spec(dst, graph_file(g.role, "int8"), g.role, "int8", chosen, sessions))
         parity.append(
             ParityResult(
                 variant="int8", n_inputs=min(rows), max_abs_diff=max(int8_diffs.values()), tolerance=None,

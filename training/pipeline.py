@@ -20,13 +20,12 @@ import torch
 
 from modelkit import registry
 from modelkit.manifest import GateResult, Manifest, ReferenceProfile, TrainingInfo
-from modelkit.onnx_session import SessionSettings
 from modelkit.runtimes import create_runtime
 
 from . import checkpoint
 from .config import ModelConfig
 from .distributed import SINGLE, DistContext
-from .export import export_all
+from .export import cpu_sessions, export_all
 from .family import Evaluation, Family
 from .gate import check_baseline_names, evaluate_gate
 from .model_card import write_model_card
@@ -164,7 +163,7 @@ def run_model(
             return None
         t = stage("train", t)
         assets = family.write_assets(model, cfg, splits, staging)
-        exported = export_all(family.export_graphs(model, cfg, splits), cfg.export, staging)
+        exported = export_all(family.export_graphs(model, cfg, splits), cfg.export, staging, threads=cfg.train.threads)
         t = stage("export", t)
 
         version = unique_version(registry_root, name)
@@ -202,7 +201,8 @@ def run_model(
         # Evaluate the exported graphs through the serving runtime (torch-free code path).
         evaluations: dict[str, Evaluation] = {}
         for variant in manifest.variants():
-            runtime = create_runtime(manifest, staging, SessionSettings(provider="cpu", variant=variant))
+            runtime = create_runtime(manifest, staging,
+                                     cpu_sessions(cfg.train.threads).model_copy(update={"variant": variant}))
             runtime.load()
             evaluations[variant] = family.evaluate(runtime, cfg, splits)
         metrics = {v: dict(e.metrics) for v, e in evaluations.items()}
