@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -128,10 +129,9 @@ def test_the_front_serves_ahead_of_bentomls_app_unless_its_per_request_layers_ar
     """What uvicorn serves: the front around BentoML's whole app by default; inside it (BentoML's tracing,
     access log or request metrics see every request) when one of those is on."""
     code = ("import service.app\n"
-            "from service.front import Front\n"
             "app = service.app.ModelService.to_asgi()\n"
             "print(type(app).__name__, type(getattr(app, 'app', None)).__name__)\n")
-    env = {**__import__("os").environ, "MODEL_REGISTRY": str(tmp_path), "BENTOML_HOME": str(tmp_path / "home"),
+    env = {**os.environ, "MODEL_REGISTRY": str(tmp_path), "BENTOML_HOME": str(tmp_path / "home"),
            "BENTOML_DO_NOT_TRACK": "True", **layers_env}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                             env=env)

@@ -26,15 +26,12 @@ from modelkit.onnx_session import SessionSettings, open_session
 from .config import ExportConfig
 from .family import GraphExport
 
-CPU = SessionSettings(provider="cpu", variant="fp32")
-
-
-def cpu_sessions(threads: int | None) -> SessionSettings:
+def cpu_sessions(threads: int | None, variant: str = "fp32") -> SessionSettings:
     """onnxruntime on the CPU with ``threads`` intra-op threads (``train.threads``; None: onnxruntime's default,
     every core). A process of ``train --jobs N`` keeps to its share of the cores: with the default each of them
     opened a pool of spinning threads over every core (on a 16-core GPU machine, three processes' evaluations
     took longer than their training and slowed the third model's epochs from ~5 s to 12-20 s)."""
-    return SessionSettings(provider="cpu", variant="fp32", intra_op_threads=threads or 0)
+    return SessionSettings(provider="cpu", variant=variant, intra_op_threads=threads or 0)
 
 
 class ExportError(RuntimeError):
@@ -146,8 +143,7 @@ def _dtype(ort_type: str) -> str:
     return _ORT_DTYPES.get(name, name)
 
 
-def graph_spec(path: Path, rel: str, role: str, variant: str, exporter: str,
-               sessions: SessionSettings = CPU) -> GraphSpec:
+def graph_spec(path: Path, rel: str, role: str, variant: str, exporter: str, sessions: SessionSettings) -> GraphSpec:
     """GraphSpec from the file itself: opset and tensor names, dtypes, shapes (dynamic axes by name)."""
     session, _ = open_session(path, sessions)
     model = onnx.load(os.fspath(path), load_external_data=False)

@@ -201,8 +201,7 @@ def run_model(
         # Evaluate the exported graphs through the serving runtime (torch-free code path).
         evaluations: dict[str, Evaluation] = {}
         for variant in manifest.variants():
-            runtime = create_runtime(manifest, staging,
-                                     cpu_sessions(cfg.train.threads).model_copy(update={"variant": variant}))
+            runtime = create_runtime(manifest, staging, cpu_sessions(cfg.train.threads, variant))
             runtime.load()
             evaluations[variant] = family.evaluate(runtime, cfg, splits)
         metrics = {v: dict(e.metrics) for v, e in evaluations.items()}
